@@ -1,0 +1,224 @@
+"""The WSGI application that carries every SOAP endpoint (ITI TF-2x Appendix V).
+
+Routing: ``POST <endpoint>`` dispatches on wsa:Action and checks the Body's first
+child against the operation; ``GET <endpoint>?wsdl`` serves the official IHE WSDL
+with its soap12:address pointed at us; ``GET /schema/...`` serves the vendored XSDs
+the WSDL imports, so ``schemaLocation``s resolve on our own server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from lxml import etree
+
+from .envelope import (
+    SoapFault,
+    SoapRequest,
+    SoapResponse,
+    envelope_chunks,
+    fault_envelope,
+    parse_envelope,
+)
+from .namespaces import WSA, qn
+
+log = logging.getLogger("opendmp.soap")
+
+Handler = Callable[[SoapRequest], SoapResponse]
+#: reads the request body; returns the SOAP envelope bytes and attachments by Content-ID.
+MessageReader = Callable[[dict, int], tuple[bytes, dict]]
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One SOAP operation of an endpoint: its wsa:Action, its Body element, its handler."""
+
+    action: str
+    body_tag: str
+    handler: Handler
+
+
+@dataclass
+class SoapEndpoint:
+    """A SOAP endpoint (one URL path) with its operations and its WSDL file."""
+
+    path: str
+    operations: list[Operation]
+    wsdl: Path | None = None
+    by_action: dict[str, Operation] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_action = {op.action: op for op in self.operations}
+
+
+class RequestTooLarge(Exception):
+    pass
+
+
+def read_plain_body(environ: dict, limit: int) -> tuple[bytes, dict]:
+    """Read a non-MTOM request body, refusing more than ``limit`` bytes."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH")
+    if length:
+        try:
+            n = int(length)
+        except ValueError:
+            raise SoapFault("invalid Content-Length") from None
+        if n > limit:
+            raise RequestTooLarge(n)
+        data = stream.read(n)
+    else:
+        data = stream.read(limit + 1)
+        if len(data) > limit:
+            raise RequestTooLarge(len(data))
+    return data, {}
+
+
+class SoapApplication:
+    """WSGI app serving SOAP endpoints, their WSDLs, the schemas and /health."""
+
+    def __init__(
+        self,
+        endpoints: list[SoapEndpoint],
+        schema_dir: Path,
+        max_body: int,
+        health: Callable[[], dict],
+        readers: dict[str, MessageReader] | None = None,
+        extra_routes: dict[str, Callable] | None = None,
+    ) -> None:
+        self.endpoints = {ep.path: ep for ep in endpoints}
+        self.schema_dir = schema_dir.resolve()
+        self.max_body = max_body
+        self.health = health
+        #: body readers by media type (``multipart/related`` is MTOM/XOP).
+        self.readers = readers or {}
+        self.extra_routes = extra_routes or {}
+
+    # ------------------------------------------------------------------ WSGI
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        endpoint = self.endpoints.get(path.rstrip("/") or "/")
+        if endpoint is not None:
+            if method == "POST":
+                return self._soap(endpoint, environ, start_response)
+            if method == "GET" and environ.get("QUERY_STRING", "").lower() == "wsdl":
+                return self._wsdl(endpoint, environ, start_response)
+            return _plain(start_response, "405 Method Not Allowed", b"POST a SOAP 1.2 message\n")
+        if method == "GET" and path == "/health":
+            body = json.dumps(self.health()).encode()
+            start_response("200 OK", [("Content-Type", "application/json"),
+                                      ("Content-Length", str(len(body)))])
+            return [body]
+        if method == "GET" and path.startswith("/schema/"):
+            return self._schema(path[len("/schema/"):], start_response)
+        for prefix, route in self.extra_routes.items():
+            if path.startswith(prefix):
+                return route(environ, start_response)
+        return _plain(start_response, "404 Not Found", b"not found\n")
+
+    # ------------------------------------------------------------------ SOAP
+    def _soap(self, endpoint: SoapEndpoint, environ: dict, start_response: Callable):
+        relates_to = None
+        try:
+            media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+            reader = self.readers.get(media_type, read_plain_body)
+            try:
+                data, attachments = reader(environ, self.max_body)
+            except RequestTooLarge:
+                raise SoapFault(f"request body exceeds the limit of {self.max_body} bytes") from None
+            request = parse_envelope(data)
+            relates_to = request.message_id
+            request.attachments = attachments
+            request.remote_addr = environ.get("REMOTE_ADDR")
+            request.peer_subject = _peer_subject(environ)
+            op = endpoint.by_action.get(request.action)
+            if op is None:
+                raise SoapFault(
+                    f"action {request.action!r} is not supported at {endpoint.path}",
+                    subcode=qn(WSA, "ActionNotSupported"),
+                )
+            payload = request.payload
+            if payload.tag != op.body_tag:
+                raise SoapFault(
+                    f"action {op.action} expects a {etree.QName(op.body_tag).localname} "
+                    f"body, got {{{etree.QName(payload).namespace}}}{etree.QName(payload).localname}"
+                )
+            response = op.handler(request)
+        except SoapFault as fault:
+            return _fault(start_response, fault, relates_to)
+        except Exception:  # never answer an HTML 500 to a SOAP client
+            log.exception("unhandled error in %s", endpoint.path)
+            return _fault(
+                start_response,
+                SoapFault("internal error while processing the request", code="Receiver"),
+                relates_to,
+            )
+        body = envelope_chunks(response.action, relates_to, response.body)
+        start_response("200 OK", [("Content-Type", _soap_content_type(response.action))])
+        return body
+
+    # ------------------------------------------------------------------ WSDL and schemas
+    def _wsdl(self, endpoint: SoapEndpoint, environ: dict, start_response: Callable):
+        if endpoint.wsdl is None:
+            return _plain(start_response, "404 Not Found", b"no WSDL for this endpoint\n")
+        doc = etree.parse(str(endpoint.wsdl), etree.XMLParser(resolve_entities=False, no_network=True))
+        here = _own_url(environ) + endpoint.path
+        for address in doc.iter("{http://schemas.xmlsoap.org/wsdl/soap12/}address"):
+            address.set("location", here)
+        body = etree.tostring(doc, xml_declaration=True, encoding="UTF-8")
+        start_response("200 OK", [("Content-Type", "text/xml; charset=UTF-8"),
+                                  ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _schema(self, rel: str, start_response: Callable):
+        target = (self.schema_dir / rel).resolve()
+        if not target.is_file() or self.schema_dir not in target.parents:
+            return _plain(start_response, "404 Not Found", b"no such schema\n")
+        body = target.read_bytes()
+        ctype = "text/xml" if target.suffix in (".xsd", ".wsdl", ".xml") else (
+            mimetypes.guess_type(target.name)[0] or "application/octet-stream")
+        start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))])
+        return [body]
+
+
+def _soap_content_type(action: str) -> str:
+    return f'application/soap+xml; charset=UTF-8; action="{action}"'
+
+
+def _fault(start_response: Callable, fault: SoapFault, relates_to: str | None):
+    body = fault_envelope(fault, relates_to)
+    status = "400 Bad Request" if fault.http_status == 400 else "500 Internal Server Error"
+    start_response(status, [("Content-Type", _soap_content_type(fault.action)),
+                            ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _plain(start_response: Callable, status: str, body: bytes):
+    start_response(status, [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _own_url(environ: dict) -> str:
+    scheme = environ.get("wsgi.url_scheme", "http")
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
+    return f"{scheme}://{host}"
+
+
+def _peer_subject(environ: dict) -> str | None:
+    """The TLS client certificate subject, when gunicorn terminated mutual TLS (deps.md §7)."""
+    sock = environ.get("gunicorn.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    try:
+        cert = getpeercert()
+    except (ValueError, OSError):
+        return None
+    if not cert:
+        return None
+    return ",".join("=".join(pair) for rdn in cert.get("subject", ()) for pair in rdn)
