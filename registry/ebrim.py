@@ -374,6 +374,19 @@ def parse_registry_object_list(rol: etree._Element) -> Submission:
     return sub
 
 
+def parse_registry_object(data: bytes) -> RegistryObject:
+    """One stored ebRIM element (as written by :func:`to_element`) -> model object."""
+    el = etree.fromstring(data)
+    if el.tag == R + "ExtrinsicObject":
+        return parse_document_entry(el)
+    if el.tag == R + "Association":
+        return parse_association(el)
+    rol = etree.Element(R + "RegistryObjectList")
+    rol.append(el)
+    sub = parse_registry_object_list(rol)
+    return (sub.submission_sets or sub.folders)[0]
+
+
 # ======================================================================= writing
 
 def _sub(parent: etree._Element, local: str, **attrs: str | None) -> etree._Element:

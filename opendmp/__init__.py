@@ -1,0 +1,1 @@
+"""OpenDMP platform: configuration, database, WSGI assembly and the ``opendmp`` command."""

@@ -1,0 +1,33 @@
+"""WSGI assembly: every actor's endpoint on one SoapApplication (gunicorn loads this)."""
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import text
+
+from registry.affinity import AffinityDomain
+from registry.service import registry_endpoint
+from soapstack.wsgi import SoapApplication
+
+from .config import ROOT, Settings
+from .db import make_engine
+
+
+def create_app(settings: Settings | None = None) -> SoapApplication:
+    """Build the WSGI application from the environment (``OPENDMP_*``)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    engine = make_engine(settings.database_url)
+    domain = AffinityDomain.from_settings(settings.env)
+
+    def health() -> dict:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"status": "ok", "database": engine.dialect.name}
+
+    return SoapApplication(
+        endpoints=[registry_endpoint(engine, domain)],
+        schema_dir=ROOT / "schemas" / "ihe-iti" / "schema",
+        max_body=settings.max_request_bytes,
+        health=health,
+    )

@@ -1,0 +1,84 @@
+"""The ``opendmp`` command: serve, patient, testkit."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .config import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .db import migrate
+    from .server import run_gunicorn
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    migrate(settings.database_url)
+    return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads)
+
+
+def _patient_add(args: argparse.Namespace) -> int:
+    from registry.affinity import AffinityDomain
+    from registry.hl7types import HL7TypeError, parse_cx
+    from registry.store import add_patient
+
+    from .db import make_engine, migrate, write_transaction
+
+    settings = Settings.from_env()
+    settings.ensure_home()
+    domain = AffinityDomain.from_settings(settings.env)
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    status = 0
+    for cx in args.cx:
+        try:
+            canonical = parse_cx(cx).canonical
+        except HL7TypeError as exc:
+            print(f"refused {cx}: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        if not domain.patient_domain.accepts(cx):
+            print(f"refused {cx}: assigning authority not in the affinity domain "
+                  f"(OPENDMP_PATIENT_DOMAINS)", file=sys.stderr)
+            status = 2
+            continue
+        with write_transaction(engine) as conn:
+            add_patient(conn, canonical)
+        print(f"patient {canonical} registered")
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opendmp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="start every OpenDMP actor (gunicorn)")
+    serve.add_argument("--host", default=os.environ.get("OPENDMP_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("OPENDMP_PORT", 8080)))
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("OPENDMP_WORKERS", 2)))
+    serve.add_argument("--threads", type=int, default=int(os.environ.get("OPENDMP_THREADS", 4)))
+    serve.set_defaults(func=_serve)
+
+    patient = sub.add_parser("patient", help="patient identifiers of the affinity domain")
+    patient_sub = patient.add_subparsers(dest="patient_command", required=True)
+    add = patient_sub.add_parser("add", help="register patient identifiers (HL7 CX)")
+    add.add_argument("cx", nargs="+", help="e.g. '1234567890123^^^&1.2.250.1.213.1.4.8&ISO^NH'")
+    add.set_defaults(func=_patient_add)
+
+    try:
+        from testkit.cli import register as register_testkit
+    except ImportError:  # the conformance runner is optional at run time
+        register_testkit = None
+    if register_testkit is not None:
+        register_testkit(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Registry persistence: model objects <-> rows of opendmp.schema (one row per object).
+
+Everything here runs inside a transaction the caller opened (opendmp.db); nothing
+commits on its own, so a transaction's objects land together or not at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Iterable
+
+from lxml import etree
+from sqlalchemy import Connection, insert, select, update
+
+from opendmp.schema import object_key, patient, registry_object
+
+from . import vocabulary as V
+from .ebrim import to_element
+from .hl7types import HL7TypeError, parse_dtm
+from .model import Association, DocumentEntry, Folder, RegistryObject, SubmissionSet
+
+
+class Kind(IntEnum):
+    """registry_object.kind"""
+
+    STABLE_DOCUMENT = 1
+    ON_DEMAND_DOCUMENT = 2
+    SUBMISSION_SET = 3
+    FOLDER = 4
+    ASSOCIATION = 5
+
+
+DOCUMENT_KINDS = (Kind.STABLE_DOCUMENT, Kind.ON_DEMAND_DOCUMENT)
+KIND_OF_OBJECT_TYPE = {V.STABLE_DOCUMENT: Kind.STABLE_DOCUMENT,
+                       V.ON_DEMAND_DOCUMENT: Kind.ON_DEMAND_DOCUMENT}
+
+
+class Key(IntEnum):
+    """object_key.key: multi-valued query keys (ITI TF-2a §3.18.4.1.2.3.7)."""
+
+    EVENT_CODE = 1
+    CONFIDENTIALITY_CODE = 2
+    AUTHOR_PERSON = 3
+    REFERENCE_ID = 4
+    FOLDER_CODE = 5
+
+
+STATUS_CODES = {V.SUBMITTED: 0, V.APPROVED: 1, V.DEPRECATED: 2,
+                V.DMP_ARCHIVED: 3, V.DMP_DELETED: 4}
+STATUS_OF_CODE = {v: k for k, v in STATUS_CODES.items()}
+
+
+def dtm_key(value: str | None) -> int | None:
+    """A DTM as a 14-digit integer (missing precision padded with its minimum)."""
+    if value is None:
+        return None
+    try:
+        return parse_dtm(value).padded_min()
+    except HL7TypeError:
+        return None
+
+
+def _size(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def serialize(obj: RegistryObject) -> bytes:
+    """The object's ebRIM element as stored for LeafClass answers."""
+    return etree.tostring(to_element(obj), encoding="UTF-8")
+
+
+#: every column an object_row may leave empty: executemany needs the same keys in each row.
+_OPTIONAL_COLUMNS = tuple(
+    c.name for c in registry_object.columns
+    if c.nullable and c.name not in ("uuid", "status", "patient_pk", "lid", "version", "home")
+)
+
+
+def object_row(obj: RegistryObject, patient_pk: int | None) -> tuple[dict, list[tuple[int, str]]]:
+    """Model object -> (registry_object row, [(Key, value)])."""
+    row: dict = dict.fromkeys(_OPTIONAL_COLUMNS)
+    row.update({
+        "uuid": obj.id,
+        "status": STATUS_CODES[obj.status or V.APPROVED],
+        "patient_pk": patient_pk,
+        "lid": obj.lid,
+        "version": int(obj.version) if obj.version and obj.version.isdigit() else 1,
+        "home": obj.home,
+        "ebrim": serialize(obj),
+    })
+    keys: list[tuple[int, str]] = []
+    if isinstance(obj, DocumentEntry):
+        row.update(
+            kind=KIND_OF_OBJECT_TYPE.get(obj.object_type, Kind.STABLE_DOCUMENT),
+            unique_id=obj.unique_id,
+            creation_time=dtm_key(obj.creation_time),
+            service_start_time=dtm_key(obj.service_start_time),
+            service_stop_time=dtm_key(obj.service_stop_time),
+            class_code=obj.class_code.key if obj.class_code else None,
+            type_code=obj.type_code.key if obj.type_code else None,
+            format_code=obj.format_code.key if obj.format_code else None,
+            facility_type_code=(obj.healthcare_facility_type_code.key
+                                if obj.healthcare_facility_type_code else None),
+            practice_setting_code=(obj.practice_setting_code.key
+                                   if obj.practice_setting_code else None),
+            repository_unique_id=obj.repository_unique_id,
+            hash=obj.hash.lower() if obj.hash else None,
+            size=_size(obj.size),
+        )
+        keys += [(Key.EVENT_CODE, c.key) for c in obj.event_codes]
+        keys += [(Key.CONFIDENTIALITY_CODE, c.key) for c in obj.confidentiality_codes]
+        keys += [(Key.AUTHOR_PERSON, a.person) for a in obj.authors if a.person]
+        keys += [(Key.REFERENCE_ID, r) for r in obj.reference_ids]
+    elif isinstance(obj, SubmissionSet):
+        row.update(
+            kind=Kind.SUBMISSION_SET,
+            unique_id=obj.unique_id,
+            submission_time=dtm_key(obj.submission_time),
+            source_id=obj.source_id,
+            content_type_code=obj.content_type_code.key if obj.content_type_code else None,
+        )
+        keys += [(Key.AUTHOR_PERSON, a.person) for a in obj.authors if a.person]
+    elif isinstance(obj, Folder):
+        row.update(
+            kind=Kind.FOLDER,
+            unique_id=obj.unique_id,
+            last_update_time=dtm_key(obj.last_update_time),
+        )
+        keys += [(Key.FOLDER_CODE, c.key) for c in obj.codes]
+    elif isinstance(obj, Association):
+        row.update(kind=Kind.ASSOCIATION, assoc_type=obj.type,
+                   source_uuid=obj.source, target_uuid=obj.target)
+    else:
+        raise TypeError(type(obj))
+    return row, [(k, v[:256]) for k, v in keys]
+
+
+# ----------------------------------------------------------------- patients
+
+def patient_pk(conn: Connection, cx: str, *, lock: bool = False) -> int | None:
+    """The patient's key, following merges; ``lock`` serializes writers per patient."""
+    stmt = select(patient.c.pk, patient.c.merged_into).where(patient.c.cx == cx)
+    if lock and conn.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = conn.execute(stmt).first()
+    if row is None:
+        return None
+    return row.merged_into or row.pk
+
+
+def add_patient(conn: Connection, cx: str) -> int:
+    """Register a patient identifier of the affinity domain (idempotent)."""
+    existing = conn.execute(select(patient.c.pk).where(patient.c.cx == cx)).scalar()
+    if existing is not None:
+        return existing
+    return conn.execute(insert(patient).values(cx=cx).returning(patient.c.pk)).scalar_one()
+
+
+def patient_cx(conn: Connection, pk: int) -> str | None:
+    return conn.execute(select(patient.c.cx).where(patient.c.pk == pk)).scalar()
+
+
+# ----------------------------------------------------------------- objects
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What validation needs to know about an object already in the registry."""
+
+    pk: int
+    uuid: str
+    kind: Kind
+    status: str
+    patient_pk: int | None
+    unique_id: str | None
+    lid: str | None
+    version: int
+    hash: str | None
+    size: int | None
+    assoc_type: str | None
+    source_uuid: str | None
+    target_uuid: str | None
+
+
+_STORED_COLUMNS = (
+    registry_object.c.pk, registry_object.c.uuid, registry_object.c.kind,
+    registry_object.c.status, registry_object.c.patient_pk, registry_object.c.unique_id,
+    registry_object.c.lid, registry_object.c.version, registry_object.c.hash,
+    registry_object.c.size, registry_object.c.assoc_type, registry_object.c.source_uuid,
+    registry_object.c.target_uuid,
+)
+
+
+def _stored(row) -> StoredObject:
+    return StoredObject(row.pk, row.uuid, Kind(row.kind), STATUS_OF_CODE[row.status],
+                        row.patient_pk, row.unique_id, row.lid, row.version, row.hash,
+                        row.size, row.assoc_type, row.source_uuid, row.target_uuid)
+
+
+def objects_by_uuid(conn: Connection, uuids: Iterable[str]) -> dict[str, StoredObject]:
+    uuids = list(set(uuids))
+    if not uuids:
+        return {}
+    rows = conn.execute(select(*_STORED_COLUMNS).where(registry_object.c.uuid.in_(uuids)))
+    return {r.uuid: _stored(r) for r in rows}
+
+
+def objects_by_unique_id(conn: Connection, unique_ids: Iterable[str]) -> list[StoredObject]:
+    unique_ids = list(set(unique_ids))
+    if not unique_ids:
+        return []
+    rows = conn.execute(
+        select(*_STORED_COLUMNS).where(registry_object.c.unique_id.in_(unique_ids)))
+    return [_stored(r) for r in rows]
+
+
+def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | None]]) -> None:
+    """Insert model objects (with their patient keys) and their query keys."""
+    if not objects:
+        return
+    rows, keysets = zip(*(object_row(obj, pk) for obj, pk in objects))
+    pks = conn.execute(
+        insert(registry_object).returning(registry_object.c.pk, sort_by_parameter_order=True),
+        list(rows),
+    ).scalars().all()
+    key_rows = [
+        {"object_pk": pk, "key": int(k), "value": v}
+        for pk, keys in zip(pks, keysets) for k, v in keys
+    ]
+    if key_rows:
+        conn.execute(insert(object_key), key_rows)
+
+
+def rewrite_object(conn: Connection, obj: RegistryObject) -> None:
+    """Store a changed object's status and ebRIM (deprecation, folder lastUpdateTime)."""
+    values = {"status": STATUS_CODES[obj.status or V.APPROVED], "ebrim": serialize(obj)}
+    if isinstance(obj, Folder):
+        values["last_update_time"] = dtm_key(obj.last_update_time)
+    conn.execute(update(registry_object).where(registry_object.c.uuid == obj.id).values(**values))
+
+
+def folders_of_documents(conn: Connection, doc_uuids: list[str]) -> list[tuple[str, str]]:
+    """(folder uuid, document uuid) for every Folder HasMember association of the documents."""
+    folder = registry_object.alias("folder")
+    assoc = registry_object.alias("assoc")
+    rows = conn.execute(
+        select(assoc.c.source_uuid, assoc.c.target_uuid)
+        .join(folder, folder.c.uuid == assoc.c.source_uuid)
+        .where(assoc.c.kind == Kind.ASSOCIATION, assoc.c.assoc_type == V.HAS_MEMBER,
+               assoc.c.target_uuid.in_(doc_uuids), folder.c.kind == Kind.FOLDER)
+    )
+    return [(r.source_uuid, r.target_uuid) for r in rows]
+
+
+def load_ebrim(conn: Connection, uuids: Iterable[str]) -> dict[str, bytes]:
+    uuids = list(set(uuids))
+    if not uuids:
+        return {}
+    rows = conn.execute(select(registry_object.c.uuid, registry_object.c.ebrim)
+                        .where(registry_object.c.uuid.in_(uuids)))
+    return {r.uuid: r.ebrim for r in rows}
