@@ -55,7 +55,10 @@ def _is_uuid(value: str | None) -> bool:
 def assign_uuids(sub: Submission) -> dict[str, str]:
     """Replace symbolic ids (ITI TF-3 §4.2.3.1.5) by new UUIDs everywhere in the submission;
     return the symbolic -> UUID map."""
-    mapping = {o.id: new_uuid() for o in sub.objects() if o.id and not _is_uuid(o.id)}
+    for obj in sub.objects():
+        if not obj.id:  # ebRIM requires an id; real sources omit it on associations
+            obj.id = new_uuid()
+    mapping = {o.id: new_uuid() for o in sub.objects() if not _is_uuid(o.id)}
 
     def resolve(ref: str) -> str:
         return mapping.get(ref, ref)
@@ -187,33 +190,35 @@ def _check_references(sub: Submission, existing: dict[str, StoredObject],
 def _check_unique_ids(conn: Connection, sub: Submission) -> list[E.XdsError]:
     """SubmissionSet/Folder uniqueIds are new; a re-registered document uniqueId must carry
     the same hash and size (XDSNonIdenticalHash / XDSNonIdenticalSize)."""
-    errors: list[E.XdsError] = []
+    errors: dict[str, E.XdsError] = {}
     docs = {d.unique_id: d for d in sub.documents if d.unique_id}
     packages = {p.unique_id: p for p in [*sub.submission_sets, *sub.folders] if p.unique_id}
     for stored in store.objects_by_unique_id(conn, [*docs, *packages]):
+        if stored.unique_id in errors:
+            continue
         if stored.unique_id in packages:
-            errors.append(E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
+            errors[stored.unique_id] = E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
                                      f"uniqueId {stored.unique_id} is already used by a "
                                      f"{stored.kind.name.replace('_', ' ').title()} in the "
-                                     "registry", stored.unique_id))
+                                     "registry", stored.unique_id)
         elif stored.unique_id in docs and stored.kind in DOCUMENT_KINDS:
             de = docs[stored.unique_id]
             if stored.hash and de.hash and stored.hash.lower() != de.hash.lower():
-                errors.append(E.XdsError(E.NON_IDENTICAL_HASH,
+                errors[stored.unique_id] = E.XdsError(E.NON_IDENTICAL_HASH,
                                          f"document uniqueId {stored.unique_id} is already "
                                          f"registered with hash {stored.hash}, not {de.hash}",
-                                         stored.unique_id))
+                                         stored.unique_id)
             elif stored.size is not None and de.size and de.size.isdigit() and \
                     stored.size != int(de.size):
-                errors.append(E.XdsError(E.NON_IDENTICAL_SIZE,
+                errors[stored.unique_id] = E.XdsError(E.NON_IDENTICAL_SIZE,
                                          f"document uniqueId {stored.unique_id} is already "
                                          f"registered with size {stored.size}, not {de.size}",
-                                         stored.unique_id))
+                                         stored.unique_id)
         elif stored.unique_id in docs:
-            errors.append(E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
+            errors[stored.unique_id] = E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
                                      f"uniqueId {stored.unique_id} is already used by a "
-                                     "SubmissionSet or Folder", stored.unique_id))
-    return errors
+                                     "SubmissionSet or Folder", stored.unique_id)
+    return list(errors.values())
 
 
 # ------------------------------------------------------------------ the transaction

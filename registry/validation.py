@@ -101,8 +101,6 @@ def _check_authors(authors: list[Author], where: str) -> Iterator[E.XdsError]:
 
 
 def _check_common(obj: RegistryObject, where: str) -> Iterator[E.XdsError]:
-    if not obj.id:
-        yield _err(f"{where}: the object has no id", where)
     for s in obj.extra_slots:
         if not s.name:
             yield _err(f"{where}: a Slot has no name", where)
@@ -208,7 +206,7 @@ def check_structure(sub: Submission) -> Iterator[E.XdsError]:
     if len(sub.submission_sets) != 1:
         yield _err(f"a submission must contain exactly one SubmissionSet, found "
                    f"{len(sub.submission_sets)}", None)
-    ids = Counter(o.id for o in sub.objects() if o.id)
+    ids = Counter(o.id for o in sub.objects() if o.id)  # id-less objects get a UUID later
     for obj_id, n in ids.items():
         if n > 1:
             yield _err(f"id {obj_id} is used by {n} objects in the submission", obj_id)

@@ -43,11 +43,13 @@ def register(subparsers) -> None:
                        help="Document Repository endpoint (ITI-41, ITI-43); those steps are "
                             "skipped without it")
     run_p.add_argument("--patient-feed", metavar="SPEC", default=os.environ.get("OPENDMP_TESTKIT_FEED", "none"),
-                       help="none (default), cmd:TEMPLATE with {cx} (e.g. 'cmd:opendmp patient add {cx}'; "
-                            "run without a shell) or mllp://host:port (ITI-8 ADT^A01)")
+                       help="none (default, or $OPENDMP_TESTKIT_FEED), cmd:TEMPLATE with {cx} (e.g. "
+                            "'cmd:opendmp patient add {cx}'; run without a shell, {cx} needs no quoting) "
+                            "or mllp://host:port (ITI-8 ADT^A01)")
     run_p.add_argument("--patient-id", metavar="[TEST=]CX", action="append", default=[],
-                       help="patient id announced by the feed tests (all of them, or TEST's); "
-                            "default: a fresh id per feed test")
+                       help="patient id announced by the feed tests (all of them, or TEST's, e.g. "
+                            "15818=CX); default: a fresh id per feed test.  One id for all feed tests "
+                            "breaks the Stored Query counts, which assume a patient only 12346 loaded")
     run_p.add_argument("--assigning-authority", metavar="OID", default=DEFAULT_ASSIGNING_AUTHORITY,
                        help=f"authority of generated patient ids (default {DEFAULT_ASSIGNING_AUTHORITY})")
     run_p.add_argument("--testkit", metavar="DIR", action="append", default=[],

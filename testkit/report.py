@@ -71,6 +71,8 @@ _FOLDS = [
     (re.compile(r"^test plan leaves placeholder.*"), "test plan leaves placeholders unresolved"),
     (re.compile(r"^test plan problem: .*"), "test plan problem (missing file, undefined symbolic id)"),
     (re.compile(r"^ebRIM 2.1 metadata could not be converted.*"), "ebRIM 2.1 metadata could not be converted"),
+    (re.compile(r"^no assertion could be checked: .*simulator validation.*"),
+     "no assertion could be checked (toolkit simulator validations)"),
 ]
 
 
@@ -116,7 +118,7 @@ class Summary:
             f"{self.failed} failed, {self.skipped} skipped "
             f"({self.skipped_ebrim21} of them because their ebRIM 2.1 metadata could not be converted)",
             f"Tests: {_plural(len(self.tests), 'test')}: {t_pass} fully passed, {t_fail} with failures, "
-            f"{t_other} passed in part (skipped steps)",
+            f"{t_other} with skipped steps and no failure",
             f"Assertions not checked: {self.unchecked} (in {_plural(self.passed_with_unchecked, 'passed step')})",
             f"ebRIM 2.1 metadata converted to 3.0: {_plural(self.converted, 'step')}",
         ]

@@ -482,6 +482,9 @@ class Runner:
             result = self._skip_record(test, sec, step, f"test plan problem: {p}", kind)
         except FeedFailed as f:
             result = self._fail_record(test, sec, step, kind, [str(f)])
+        except Exception as exc:   # noqa: BLE001 - a runner bug must not abort the run
+            result = self._fail_record(test, sec, step, kind,
+                                       [f"internal runner error (please report): {type(exc).__name__}: {exc}"])
         result.seconds = time.monotonic() - t0
         return result
 
@@ -503,8 +506,9 @@ class Runner:
                 status = "SKIP"
             self.ctx.add_record(StepRecord(test.name, sec.name, step.id, "NewPatientId", status,
                                            fed.ok, reports={"$patientid$": pid}))
+            msg = [f"new patient id {pid}: {fed.message}"]
             return StepResult(test.name, sec.name, step.id, "NewPatientId", status,
-                              [f"new patient id {pid}: {fed.message}"])
+                              [] if status == "PASS" else msg, msg if status == "PASS" else [])
         raise Skip("step without a transaction")
 
     # ---- metadata preparation (BasicTransaction.prepareMetadata)
@@ -730,9 +734,11 @@ class Runner:
             warnings = [e for e in outcome.errors if not e.is_error]
             if warnings:
                 notes.append(f"warnings: {Outcome(errors=warnings).error_summary()}")
-            notes.insert(0, f"status {outcome.short_status}"
-                         + (f" {', '.join(outcome.error_codes)}" if outcome.errors and
-                            outcome.short_status != "Success" else ""))
+            codes = ""
+            if outcome.errors and outcome.short_status != "Success":
+                counted = {c: outcome.error_codes.count(c) for c in dict.fromkeys(outcome.error_codes)}
+                codes = " " + ", ".join(c if n == 1 else f"{c} x{n}" for c, n in counted.items())
+            notes.insert(0, f"status {outcome.short_status}{codes}; {checks} checks")
         return StepResult(test.name, sec.name, step.id, tx.kind, status, reasons, notes, unchecked,
                           ebrim21=prep.ebrim21, checks=checks, request=prep.request,
                           response=answer.payload)
@@ -920,8 +926,11 @@ class Runner:
         self._apply_use_reports(None, test, sec, tx, prep)
         self._apply_use_ids(None, test, sec, tx, prep)
         res = self._assertions(test, sec, tx, prep)
+        if not res.failures and not res.checked and res.unchecked:
+            # nothing this runner can evaluate: not a PASS
+            raise Skip(f"no assertion could be checked: {', '.join(res.unchecked)}")
         status = "FAIL" if res.failures else "PASS"
-        notes = [] if tx.asserts else ["nothing to check"]
+        notes = [f"{res.checked} assertion(s) hold"] if res.checked else ["nothing to check"]
         self.ctx.add_record(StepRecord(test.name, sec.name, step.id, tx.kind, status, status == "PASS"))
         return StepResult(test.name, sec.name, step.id, tx.kind, status, res.failures, notes,
                           res.unchecked, checks=res.checked)

@@ -108,8 +108,7 @@ def cli(server):
     return _cli
 
 
-@pytest.fixture
-def server_factory(request, db_url, tmp_path_factory):
+def _server_factory(request, db_url, tmp_path_factory):
     """``server_factory(env=None, start=True)`` -> a private ServerProcess on a new database.
 
     The database is of the same backend as ``db_url``; every server made is
@@ -127,3 +126,9 @@ def server_factory(request, db_url, tmp_path_factory):
     yield _make
     for srv in made:
         srv.stop()
+
+
+server_factory = pytest.fixture(_server_factory)
+#: the same, for servers shared by the tests of one module (e.g. a corpus replay).
+module_server_factory = pytest.fixture(_server_factory, scope="module",
+                                       name="module_server_factory")

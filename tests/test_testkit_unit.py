@@ -18,20 +18,19 @@ import pytest
 from lxml import etree
 
 from testkit import cli as tk_cli
-from testkit.context import (DE_PATIENT_ID, DE_UNIQUE_ID, SS_CLASSIFICATION_NODE, SS_PATIENT_ID,
-                             SS_SOURCE_ID, SS_UNIQUE_ID, DependencyError, FeedOutcome,
+from testkit.context import (DE_PATIENT_ID, DE_UNIQUE_ID, SS_PATIENT_ID, SS_UNIQUE_ID,
+                             DependencyError, FeedOutcome,
                              LinkageError, PatientIds, RunContext, StepRecord, assign_patient_id,
                              assign_unique_ids, assign_uuids, find_placeholders, replace_in_tree)
 from testkit.ebrim21 import (LCM3, RIM3, ConversionError, convert_submit_objects_request,
                              is_ebrim21)
-from testkit.expect import (Outcome, RegistryError, check_error_codes, check_error_messages,
+from testkit.expect import (Outcome, check_error_codes, check_error_messages,
                             check_expected_contents, check_schema, check_status,
                             evaluate_assertions, outcome_from_payload, schema_path)
 from testkit.plan import (UseId, UseReport, load_test, order_with_dependencies, parse_testplan,
                           referenced_tests)
 from testkit.report import Summary, format_line
-from testkit.steps import (CommandFeed, Endpoints, MllpFeed, Runner, StepResult, parse_feed_spec,
-                           soap_call)
+from testkit.steps import CommandFeed, Endpoints, MllpFeed, Runner, StepResult, parse_feed_spec
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_TESTS = REPO.parent / "shared" / "corpus" / "messages" / "nist-testkit" / "tests"

@@ -182,17 +182,15 @@ def document_filters(p: QueryParams) -> list[ColumnElement]:
 
 
 def resolve_patient(ctx: Ctx, p: QueryParams, name: str) -> int | None:
-    """The patient's key from a CX parameter (one indexed lookup; merges followed by
-    store.patient_pk). Patients are stored in canonical CX form (no CX.5)."""
+    """The patient's key from a CX parameter: one indexed lookup of the canonical CX
+    (patients are stored without CX.5, as ITI-42 registers them), merges followed by
+    store.patient_pk. A malformed CX is XDSRegistryError; an unknown one, None."""
     value = p.single(name)
     try:
         canonical = parse_cx(value).canonical
     except HL7TypeError as exc:
         raise E.XdsError(E.REGISTRY_ERROR, f"{name}: {exc}") from None
-    pk = store.patient_pk(ctx.conn, canonical)
-    if pk is None and canonical != value:
-        pk = store.patient_pk(ctx.conn, value)
-    return pk
+    return store.patient_pk(ctx.conn, canonical)
 
 
 def linking(objects: list[Row], candidates: list[Row]) -> list[Row]:
@@ -201,16 +199,13 @@ def linking(objects: list[Row], candidates: list[Row]) -> list[Row]:
     ids = {o.uuid for o in objects}
     kept: list[Row] = []
     pending = list(candidates)
-    while pending:
-        rest = [a for a in pending if not (a.source_uuid in ids and a.target_uuid in ids)]
-        if len(rest) == len(pending):
-            break
-        for a in pending:
-            if a.source_uuid in ids and a.target_uuid in ids:
-                kept.append(a)
-                ids.add(a.uuid)
-        pending = rest
-    return kept
+    while True:
+        linked = [a for a in pending if a.source_uuid in ids and a.target_uuid in ids]
+        if not linked:
+            return kept
+        kept += linked
+        ids.update(a.uuid for a in linked)
+        pending = [a for a in pending if a.uuid not in ids]
 
 
 # ======================================================================= the queries
@@ -355,7 +350,7 @@ def get_submission_sets(ctx: Ctx, p: QueryParams) -> list[Row]:
     if not members:
         return []
     sets = ctx.fetch(ro.c.kind == Kind.SUBMISSION_SET,
-                     ro.c.uuid.in_({m.source_uuid for m in members}))
+                     ro.c.uuid.in_(sorted({m.source_uuid for m in members})))
     ids = {s.uuid for s in sets}
     return sets + [m for m in members if m.source_uuid in ids]
 
@@ -373,11 +368,12 @@ def get_submission_set_and_contents(ctx: Ctx, p: QueryParams) -> list[Row]:
     if not members:
         return [ss]
     kinds = p.document_kinds()
-    wanted = [ro.c.kind == Kind.FOLDER, and_(ro.c.kind == Kind.ASSOCIATION, *association_status(p))]
+    wanted = [ro.c.kind == Kind.FOLDER,
+              and_(ro.c.kind == Kind.ASSOCIATION, *association_status(p))]
     if kinds:
         wanted.append(and_(ro.c.kind.in_(kinds), *document_filters(p)))
-    content = ctx.fetch(ro.c.uuid.in_({m.target_uuid for m in members}), or_(*wanted),
-                        final=False)
+    targets = sorted({m.target_uuid for m in members})
+    content = ctx.fetch(ro.c.uuid.in_(targets), or_(*wanted), final=False)
     objects = [ss] + [c for c in content if c.kind != Kind.ASSOCIATION]
     inner = [c for c in content if c.kind == Kind.ASSOCIATION]
     return objects + linking(objects, [*inner, *members])
@@ -394,8 +390,8 @@ def get_folder_and_contents(ctx: Ctx, p: QueryParams) -> list[Row]:
     kinds = p.document_kinds()
     if not members or not kinds:
         return [folder]
-    docs = ctx.fetch(ro.c.uuid.in_({m.target_uuid for m in members}), ro.c.kind.in_(kinds),
-                     *document_filters(p))
+    targets = sorted({m.target_uuid for m in members})
+    docs = ctx.fetch(ro.c.uuid.in_(targets), ro.c.kind.in_(kinds), *document_filters(p))
     ids = {d.uuid for d in docs}
     return [folder] + docs + [m for m in members if m.target_uuid in ids]
 
@@ -428,15 +424,16 @@ def get_related_documents(ctx: Ctx, p: QueryParams) -> list[Row]:
     found = ctx.fetch(ro.c.kind.in_(kinds), by_id(p, DE_UUID, DE_UNIQUE_ID))
     if not found:
         return []
-    ids = {d.uuid for d in found}
+    ids = sorted({d.uuid for d in found})
+    start = set(ids)
     links = ctx.fetch(ro.c.kind == Kind.ASSOCIATION,
                       ro.c.assoc_type.in_(p.values(ASSOCIATION_TYPES)),
                       or_(ro.c.source_uuid.in_(ids), ro.c.target_uuid.in_(ids)),
                       *association_status(p), final=False)
-    others = {a.target_uuid if a.source_uuid in ids else a.source_uuid for a in links} - ids
+    others = {a.target_uuid if a.source_uuid in start else a.source_uuid for a in links} - start
     if not others:
         return []
-    related = ctx.fetch(ro.c.uuid.in_(others), ro.c.kind.in_(kinds))
+    related = ctx.fetch(ro.c.uuid.in_(sorted(others)), ro.c.kind.in_(kinds))
     rel = {d.uuid for d in related}
     kept = [a for a in links if a.source_uuid in rel or a.target_uuid in rel]
     if not kept:
