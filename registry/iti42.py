@@ -283,8 +283,11 @@ def _replacement_folder_memberships(conn: Connection, sub: Submission,
 
 def _apply_side_effects(conn: Connection, sub: Submission, existing: dict[str, StoredObject],
                         extra: list[Association], now: str) -> None:
-    """Deprecate replaced documents; refresh lastUpdateTime of folders that gained members."""
-    deprecate = [a.target for a in sub.associations if a.type in V.REPLACING]
+    """Deprecate replaced documents and, with them, their approved addenda and
+    transformations (ITI TF-3 §4.1.6.1, CP-ITI-117); refresh lastUpdateTime of folders
+    that gained members."""
+    replaced = [a.target for a in sub.associations if a.type in V.REPLACING]
+    deprecate = replaced + store.approved_dependents(conn, replaced, (V.APND, V.XFRM))
     touched = {a.source for a in [*sub.associations, *extra]
                if a.type == V.HAS_MEMBER and a.source in existing
                and existing[a.source].kind == Kind.FOLDER}

@@ -251,6 +251,23 @@ def folders_of_documents(conn: Connection, doc_uuids: list[str]) -> list[tuple[s
     return [(r.source_uuid, r.target_uuid) for r in rows]
 
 
+def approved_dependents(conn: Connection, doc_uuids: list[str],
+                        assoc_types: tuple[str, ...]) -> list[str]:
+    """Approved documents that are the source of an ``assoc_types`` association targeting
+    one of ``doc_uuids`` (e.g. the addenda of a replaced document)."""
+    if not doc_uuids:
+        return []
+    doc = registry_object.alias("doc")
+    assoc = registry_object.alias("assoc")
+    rows = conn.execute(
+        select(doc.c.uuid).join(assoc, assoc.c.source_uuid == doc.c.uuid)
+        .where(assoc.c.kind == Kind.ASSOCIATION, assoc.c.assoc_type.in_(assoc_types),
+               assoc.c.target_uuid.in_(doc_uuids), doc.c.kind.in_(DOCUMENT_KINDS),
+               doc.c.status == STATUS_CODES[V.APPROVED])
+    )
+    return sorted({r.uuid for r in rows})
+
+
 def load_ebrim(conn: Connection, uuids: Iterable[str]) -> dict[str, bytes]:
     uuids = list(set(uuids))
     if not uuids:
