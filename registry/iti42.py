@@ -179,6 +179,11 @@ def _check_references(sub: Submission, existing: dict[str, StoredObject],
                                              f"association {a.id} adding to existing folder "
                                              f"{a.source} must be a member of the SubmissionSet",
                                              a.id))
+            if target is not None and target.kind == Kind.SUBMISSION_SET:
+                errors.append(E.XdsError(E.REGISTRY_METADATA_ERROR,
+                                         f"HasMember association {a.id} targets SubmissionSet "
+                                         f"{a.target}; a SubmissionSet cannot be a member",
+                                         a.id))
             if target is not None and target.kind in DOCUMENT_KINDS:
                 if target.patient_pk != patient:
                     errors.append(E.XdsError(E.PATIENT_ID_DOES_NOT_MATCH,
@@ -250,9 +255,11 @@ def register_submission(conn: Connection, sub: Submission, domain: AffinityDomai
     for obj in sub.objects():
         obj.status = V.APPROVED
         obj.home = None
-    for de in sub.documents:
-        de.lid = de.lid if _is_uuid(de.lid) else de.id
-        de.version = "1"
+    for obj in [*sub.documents, *sub.submission_sets, *sub.folders]:
+        # ITI TF-3 §4.1.9 (Metadata Update): every versionable object starts as version 1
+        # of its logical id; a submitted UUID lid is kept.
+        obj.lid = obj.lid if _is_uuid(obj.lid) else obj.id
+        obj.version = "1"
     for fol in sub.folders:
         fol.last_update_time = now
     extra = _replacement_folder_memberships(conn, sub, existing)

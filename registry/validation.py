@@ -219,12 +219,20 @@ def check_structure(sub: Submission) -> Iterator[E.XdsError]:
     ss = sub.submission_set
     members = {a.target for a in sub.associations
                if ss is not None and a.source == ss.id and a.type == V.HAS_MEMBER}
+    folder_ids = {f.id for f in sub.folders}
+    package_ids = {p.id for p in sub.submission_sets} | folder_ids
+    doc_ids = {d.id for d in sub.documents}
     for a in sub.associations:
         where = _where(a, "Association")
         if a.type not in V.ASSOCIATION_TYPES:
             yield _err(f"{where}: associationType {a.type!r} is not an XDS association type", where)
         if not a.source or not a.target:
             yield _err(f"{where}: sourceObject and targetObject are required", where)
+        if a.type == V.HAS_MEMBER and (a.target in package_ids - folder_ids
+                                       or a.source in doc_ids):
+            yield _err(f"{where}: HasMember goes from a SubmissionSet or Folder to a "
+                       "DocumentEntry, Folder or Association; a SubmissionSet cannot be a "
+                       "member and a DocumentEntry has no members", where)
         if ss is not None and a.source == ss.id and a.type == V.HAS_MEMBER:
             target_is_doc = any(d.id == a.target for d in sub.documents)
             status = a.submission_set_status

@@ -1,0 +1,291 @@
+"""The load generator: real SOAP 1.2 requests over keep-alive httpx clients, one forked
+process per client (the GIL would otherwise cap the generator), closed loop.
+
+Request bodies are built once by the product's client code (``soapstack.client.
+build_envelope`` around ``tests/factory`` / ``tests/xds`` payloads) with sentinel
+values, then per request only the patient / uniqueIds / entryUUID / wsa:MessageID are
+substituted (the same slot technique as :mod:`benchmarks.dataset`), so the generator
+spends its CPU on HTTP, not on building XML.
+
+CPU accounting: every phase samples ``/proc`` at the start and the end of the measured
+window: the whole machine (``/proc/stat``), the server's process group (gunicorn master
+and workers), the PostgreSQL processes (postmaster and its children), and each client
+process reports its own CPU time.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
+
+import httpx
+
+import benchmarks  # noqa: F401  (tests/ on sys.path)
+import factory as F
+import xds
+from soapstack.client import build_envelope
+
+from .dataset import Text
+
+_SENTINEL_MSGID = "urn:uuid:00000000-0000-4000-8000-0000000b3c41"
+_SENTINEL_PATIENT = "2991299999999" + F.ins_key("2991299999999") + f"^^^&{F.INS_NIR}&ISO^NH"
+_SENTINEL_DE_UID = "1.2.250.1.999.434343.8001"
+_SENTINEL_SS_UID = "1.2.250.1.999.434343.8002"
+_SENTINEL_UUID = "urn:uuid:5e471ae1-0000-4000-8000-00000000d0c5"
+SUCCESS = b"ResponseStatusType:Success"
+
+
+def _template(envelope: bytes, needles: dict[str, str]) -> Text:
+    tpl = Text.compile(envelope, {k: v.encode() for k, v in needles.items()})
+    assert tpl is not None and set(tpl.names) == set(needles), (needles, tpl and tpl.names)
+    return tpl
+
+
+@dataclass
+class Workload:
+    """What a client process sends. Inherited by the forked processes (not pickled)."""
+
+    name: str
+    url: str
+    action: str
+    template: Text
+    #: (rng, client index, request number) -> slot values (bytes)
+    values: object
+    #: count this tag in answers (results per query)
+    count_tag: bytes | None = None
+
+    def body(self, rng: random.Random, client: int, i: int) -> bytes:
+        vals = self.values(rng, client, i)
+        vals["MSGID"] = f"urn:uuid:{uuid.UUID(int=rng.getrandbits(128), version=4)}".encode()
+        return self.template.render(vals)
+
+
+def find_documents(url: str, patients: list[str]) -> Workload:
+    """ITI-18 FindDocuments, patient + Approved, LeafClass, for a uniformly random patient."""
+    req = xds.adhoc_query(xds.FIND_DOCUMENTS, {
+        "$XDSDocumentEntryPatientId": f"'{_SENTINEL_PATIENT}'",
+        "$XDSDocumentEntryStatus": f"('{xds.APPROVED}')"}, "LeafClass")
+    env = build_envelope(xds.ITI18, url, req, message_id=_SENTINEL_MSGID)
+    tpl = _template(env, {"MSGID": _SENTINEL_MSGID, "PATIENT": escape(_SENTINEL_PATIENT)})
+    escaped = [escape(p).encode() for p in patients]
+
+    def values(rng, client, i):
+        return {"PATIENT": escaped[rng.randrange(len(escaped))]}
+
+    return Workload("FindDocuments", url, xds.ITI18, tpl, values, b"<rim:ExtrinsicObject ")
+
+
+def get_documents(url: str, document_uuid, n_documents: int) -> Workload:
+    """ITI-18 GetDocuments by one entryUUID, LeafClass, for a uniformly random document."""
+    req = xds.adhoc_query(xds.GET_DOCUMENTS,
+                          {"$XDSDocumentEntryEntryUUID": f"('{_SENTINEL_UUID}')"}, "LeafClass")
+    env = build_envelope(xds.ITI18, url, req, message_id=_SENTINEL_MSGID)
+    tpl = _template(env, {"MSGID": _SENTINEL_MSGID, "UUID": _SENTINEL_UUID})
+
+    def values(rng, client, i):
+        return {"UUID": document_uuid(rng.randrange(n_documents)).encode()}
+
+    return Workload("GetDocuments", url, xds.ITI18, tpl, values, b"<rim:ExtrinsicObject ")
+
+
+def register(url: str, patients: list[str], oid_root: str) -> Workload:
+    """ITI-42 of a fresh submission (1 DocumentEntry + SubmissionSet + HasMember) for a
+    uniformly random existing patient; uniqueIds ``oid_root.<client>.<n>.1|2``."""
+    sub = F.submission(_SENTINEL_PATIENT, unique_id=_SENTINEL_DE_UID,
+                       content=bytes(143_872))
+    sub.submission_set.unique_id = _SENTINEL_SS_UID
+    env = build_envelope(xds.ITI42, url, F.submit_objects_request(sub),
+                         message_id=_SENTINEL_MSGID)
+    tpl = _template(env, {"MSGID": _SENTINEL_MSGID, "PATIENT": escape(_SENTINEL_PATIENT),
+                          "DE_UID": _SENTINEL_DE_UID, "SS_UID": _SENTINEL_SS_UID})
+    escaped = [escape(p).encode() for p in patients]
+    run = random.randrange(10**6)
+
+    def values(rng, client, i):
+        base = f"{oid_root}.{run}.{client}.{i}"
+        return {"PATIENT": escaped[rng.randrange(len(escaped))],
+                "DE_UID": f"{base}.1".encode(), "SS_UID": f"{base}.2".encode()}
+
+    return Workload("ITI-42", url, xds.ITI42, tpl, values)
+
+
+# ----------------------------------------------------------------- CPU accounting
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, pgrp, utime+stime ticks) of a process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    idle = vals[3] + vals[4]
+    total = sum(vals[:8])
+    return total - idle, total
+
+
+@dataclass
+class CpuSample:
+    machine_busy: int
+    machine_total: int
+    server: int
+    postgres: int
+
+    @classmethod
+    def take(cls, server_pgid: int | None, postmaster: int | None) -> "CpuSample":
+        busy, total = _machine_ticks()
+        server = pg = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            st = _proc_stat(int(name))
+            if st is None:
+                continue
+            ppid, pgrp, ticks = st
+            if server_pgid is not None and pgrp == server_pgid:
+                server += ticks
+            elif postmaster is not None and (int(name) == postmaster or ppid == postmaster):
+                pg += ticks
+        return cls(busy, total, server, pg)
+
+
+# ----------------------------------------------------------------- running a phase
+
+
+@dataclass
+class PhaseResult:
+    name: str
+    clients: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_sample: str = ""
+    results: int = 0
+    client_cpu_s: float = 0.0
+    cpu: dict = field(default_factory=dict)
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        """Latency percentile in ms (nearest rank)."""
+        if not self.latencies:
+            return float("nan")
+        lat = sorted(self.latencies)
+        return 1000 * lat[min(len(lat) - 1, max(0, int(round(q * len(lat))) - 1))]
+
+    @property
+    def mean_results(self) -> float:
+        return self.results / self.count if self.count else 0.0
+
+
+_WORKLOAD: Workload | None = None
+
+
+def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
+                 warmup: float) -> None:
+    wl = _WORKLOAD
+    rng = random.Random(seed)
+    headers = {"Content-Type": f'application/soap+xml; charset=UTF-8; action="{wl.action}"'}
+    lat: list[float] = []
+    errors, results, sample, i = 0, 0, "", 0
+    cpu0 = None
+    tag = wl.count_tag
+    with httpx.Client(timeout=60) as http:
+        while time.monotonic() < t_start - warmup:
+            time.sleep(0.005)
+        while True:
+            body = wl.body(rng, index, i)
+            i += 1
+            t0 = time.monotonic()
+            if t0 >= t_end:
+                break
+            if cpu0 is None and t0 >= t_start:
+                cpu0 = time.process_time()
+            try:
+                r = http.post(wl.url, content=body, headers=headers)
+                content, status = r.content, r.status_code
+            except httpx.HTTPError as exc:
+                content, status = repr(exc).encode(), 0
+            t1 = time.monotonic()
+            if t0 < t_start or t1 > t_end:  # warm-up, or finished after the window
+                continue
+            ok = status == 200 and SUCCESS in content
+            if ok:
+                lat.append(t1 - t0)
+                if tag:
+                    results += content.count(tag)
+            else:
+                errors += 1
+                if not sample:
+                    sample = f"HTTP {status}: {content[:600]!r}"
+    cpu = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
+    conn.send((lat, errors, sample, results, cpu))
+    conn.close()
+
+
+def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
+              server_pgid: int | None, postmaster: int | None, seed: int) -> PhaseResult:
+    """``clients`` forked processes, closed loop, for ``seconds`` after ``warmup``."""
+    global _WORKLOAD
+    _WORKLOAD = workload
+    ctx = mp.get_context("fork")
+    t_start = time.monotonic() + 0.5 + warmup
+    t_end = t_start + seconds
+    procs, pipes = [], []
+    for c in range(clients):
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_client_main,
+                        args=(child, c, seed * 1000 + c, t_start, t_end, warmup), daemon=True)
+        p.start()
+        child.close()
+        procs.append(p)
+        pipes.append(parent)
+    time.sleep(max(0.0, t_start - time.monotonic()))
+    before = CpuSample.take(server_pgid, postmaster)
+    time.sleep(max(0.0, t_end - time.monotonic()))
+    after = CpuSample.take(server_pgid, postmaster)
+    res = PhaseResult(workload.name, clients, seconds)
+    for parent in pipes:
+        lat, errors, sample, results, cpu = parent.recv()
+        res.latencies += lat
+        res.errors += errors
+        res.error_sample = res.error_sample or sample
+        res.results += results
+        res.client_cpu_s += cpu
+    for p in procs:
+        p.join(30)
+    ncpu = os.cpu_count() or 1
+    wall_ticks = seconds * _TICK * ncpu
+
+    def share(ticks: float) -> float:
+        return 100.0 * ticks / wall_ticks
+
+    res.cpu = {
+        "machine": 100.0 * (after.machine_busy - before.machine_busy)
+        / max(1, after.machine_total - before.machine_total),
+        "server": share(after.server - before.server),
+        "postgres": share(after.postgres - before.postgres),
+        "clients": share(res.client_cpu_s * _TICK),
+    }
+    _WORKLOAD = None
+    return res
