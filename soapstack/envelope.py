@@ -49,6 +49,10 @@ class SoapFault(Exception):
         return 400 if self.code == "Sender" else 500
 
 
+class RequestTooLarge(Exception):
+    """A body reader saw more bytes than its limit (re-exported by :mod:`soapstack.wsgi`)."""
+
+
 @dataclass
 class SoapRequest:
     """A parsed SOAP 1.2 request as actors see it."""
@@ -59,7 +63,7 @@ class SoapRequest:
     action: str
     message_id: str | None
     to: str | None
-    #: attachments by Content-ID (MTOM/XOP), each a readable binary file object.
+    #: attachments by Content-ID (MTOM/XOP), each a :class:`soapstack.mtom.Attachment`.
     attachments: dict = field(default_factory=dict)
     #: transport facts an actor or audit may need (peer address, TLS subject).
     remote_addr: str | None = None
@@ -76,10 +80,16 @@ class SoapRequest:
 
 @dataclass
 class SoapResponse:
-    """What an actor returns: the Body content (bytes or chunks) and its wsa:Action."""
+    """What an actor returns: the Body content (bytes or chunks) and its wsa:Action.
+
+    ``attachments`` (``soapstack.mtom.OutgoingAttachment`` or ``(content_id,
+    content_type, size, chunks)`` tuples) makes the answer MTOM/XOP; an empty list
+    still answers MTOM (root part only), ``None`` answers plain SOAP.
+    """
 
     action: str
     body: bytes | Iterable[bytes]
+    attachments: list | None = None
 
 
 def _is_true(value: str | None) -> bool:

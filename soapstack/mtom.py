@@ -311,8 +311,9 @@ class MtomParser:
         self.max_parts = max_parts
 
         self.received = 0
-        self._preamble = b""  # bytes seen before the first delimiter is found
-        self._skipped = 0
+        self._preamble = b""  # the tail of the body seen before the first delimiter
+        self._skipped = 0  # preamble bytes dropped so far
+        self._cids: set[str] = set()
         self._started = False
         self._ended = False
         self._failed = False
@@ -390,7 +391,11 @@ class MtomParser:
 
     # ------------------------------------------------------------ preamble
     def _skip_preamble(self, data: bytes) -> bytes:
-        """Drop any RFC 2046 preamble; return the data from the first delimiter on."""
+        """Drop any RFC 2046 preamble; return the data from the first delimiter on.
+
+        The delimiter must start a line (or the body). Only its length plus one byte
+        of unmatched input is kept between calls, so a long preamble costs no memory.
+        """
         buf = self._preamble + data
         delim = b"--" + self.boundary
         pos = 0
@@ -398,17 +403,19 @@ class MtomParser:
             at = buf.find(delim, pos)
             if at == -1:
                 break
-            if at == 0 or buf[at - 1:at] == b"\n":
+            if (at == 0 and self._skipped == 0) or (at > 0 and buf[at - 1] == 0x0A):
                 self._started = True
                 self._preamble = b""
                 return buf[at:]
             pos = at + 1
-        keep = len(delim)
-        self._skipped += max(0, len(buf) - keep)
+        drop = len(buf) - (len(delim) + 1)
+        if drop > 0:
+            self._skipped += drop
+            buf = buf[drop:]
         if self._skipped > MAX_PREAMBLE:
             raise MtomError(f"no MIME part delimited by boundary {self.boundary.decode('latin-1')!r} "
                             f"in the first {MAX_PREAMBLE} bytes of the body")
-        self._preamble = buf[-keep:]
+        self._preamble = buf
         return b""
 
     # ------------------------------------------------------------ callbacks
@@ -443,10 +450,9 @@ class MtomParser:
         ):
             part.is_root = True
         if part.content_id is not None:
-            if part.content_id in self.attachments or any(
-                p.content_id == part.content_id for p in self._parts[:-1]
-            ):
+            if part.content_id in self._cids:
                 raise MtomError(f"duplicate Content-ID <{part.content_id}> in the MTOM message")
+            self._cids.add(part.content_id)
         elif not part.is_root:
             raise MtomError(f"{part.where} has no Content-ID, so no xop:Include can reference it")
         cte = part.headers.get("content-transfer-encoding", "binary").strip().lower() or "binary"

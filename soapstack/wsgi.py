@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 from lxml import etree
 
 from .envelope import (
+    RequestTooLarge,
     SoapFault,
     SoapRequest,
     SoapResponse,
@@ -24,6 +25,7 @@ from .envelope import (
     fault_envelope,
     parse_envelope,
 )
+from .mtom import close_attachments, mtom_message, read_mtom
 from .namespaces import WSA, qn
 
 log = logging.getLogger("opendmp.soap")
@@ -53,10 +55,6 @@ class SoapEndpoint:
 
     def __post_init__(self) -> None:
         self.by_action = {op.action: op for op in self.operations}
-
-
-class RequestTooLarge(Exception):
-    pass
 
 
 def read_plain_body(environ: dict, limit: int) -> tuple[bytes, dict]:
@@ -95,7 +93,7 @@ class SoapApplication:
         self.max_body = max_body
         self.health = health
         #: body readers by media type (``multipart/related`` is MTOM/XOP).
-        self.readers = readers or {}
+        self.readers = {"multipart/related": read_mtom, **(readers or {})}
         self.extra_routes = extra_routes or {}
 
     # ------------------------------------------------------------------ WSGI
@@ -124,6 +122,7 @@ class SoapApplication:
     # ------------------------------------------------------------------ SOAP
     def _soap(self, endpoint: SoapEndpoint, environ: dict, start_response: Callable):
         relates_to = None
+        attachments: dict = {}
         try:
             media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
             reader = self.readers.get(media_type, read_plain_body)
@@ -150,8 +149,10 @@ class SoapApplication:
                 )
             response = op.handler(request)
         except SoapFault as fault:
+            close_attachments(attachments)
             return _fault(start_response, fault, relates_to)
         except Exception:  # never answer an HTML 500 to a SOAP client
+            close_attachments(attachments)
             log.exception("unhandled error in %s", endpoint.path)
             return _fault(
                 start_response,
@@ -159,8 +160,13 @@ class SoapApplication:
                 relates_to,
             )
         body = envelope_chunks(response.action, relates_to, response.body)
-        start_response("200 OK", [("Content-Type", _soap_content_type(response.action))])
-        return body
+        if response.attachments is None:
+            start_response("200 OK", [("Content-Type", _soap_content_type(response.action))])
+        else:  # MTOM/XOP (SOAP 1.2 MTOM §3): length known from the part sizes, body streamed
+            ctype, length, body = mtom_message(b"".join(body), response.attachments,
+                                               action=response.action)
+            start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(length))])
+        return _closing(body, attachments) if attachments else body
 
     # ------------------------------------------------------------------ WSDL and schemas
     def _wsdl(self, endpoint: SoapEndpoint, environ: dict, start_response: Callable):
@@ -184,6 +190,14 @@ class SoapApplication:
             mimetypes.guess_type(target.name)[0] or "application/octet-stream")
         start_response("200 OK", [("Content-Type", ctype), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _closing(body: Iterable[bytes], attachments: dict):
+    """Stream ``body``, then close the request's spooled attachments (also on abort)."""
+    try:
+        yield from body
+    finally:
+        close_attachments(attachments)
 
 
 def _soap_content_type(action: str) -> str:
