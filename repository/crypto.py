@@ -3,7 +3,8 @@
 Envelope encryption: every document is sealed under a fresh random 256-bit *data key*;
 the data key is stored in the document's header, wrapped by a *master key* (AES key wrap,
 RFC 3394) that lives outside the store (``repository.keys``). Rotating the master key
-re-wraps 40 header bytes per document; no document is re-encrypted.
+rewrites the key id and wrapped key in each header (bytes 32 .. 105); no document is
+re-encrypted.
 
 The body is the STREAM construction (Hoang, Reyhanitabar, Rogaway, Vizár, "Online
 Authenticated-Encryption and its Nonce-Reuse Misuse-Resistance", CRYPTO 2015) over
