@@ -41,6 +41,8 @@ DEFAULT_MAX_ROOT = 16 * 1024 * 1024
 DEFAULT_SPOOL_MEMORY = 1024 * 1024
 #: each part costs a spool object, so a body of many tiny parts is refused early.
 DEFAULT_MAX_PARTS = 1000
+#: MIME headers per part (python-multipart's default of 8 is tight for some senders).
+MAX_PART_HEADERS = 16
 #: text before the first delimiter (RFC 2046 preamble) that we are willing to skip.
 MAX_PREAMBLE = 64 * 1024
 #: a quoted-printable line longer than this (RFC 2045 says 76) is refused.
@@ -292,8 +294,9 @@ class MtomParser:
         boundary = params.get("boundary", "")
         if not boundary:
             raise MtomError("multipart/related Content-Type without a boundary parameter")
-        if len(boundary) > pm.MAX_BOUNDARY_LENGTH:
-            raise MtomError(f"multipart boundary longer than {pm.MAX_BOUNDARY_LENGTH} characters")
+        if len(boundary) > pm.MAX_BOUNDARY_LENGTH or not boundary.isascii():
+            raise MtomError(f"invalid multipart boundary (RFC 2046 §5.1.1: up to 70 ASCII "
+                            f"characters; {pm.MAX_BOUNDARY_LENGTH} accepted): {boundary[:80]!r}")
         kind = _media(params.get("type"))
         if kind and kind not in _ROOT_MEDIA:
             raise MtomError(f'multipart/related type="{params["type"]}" is not SOAP 1.2 MTOM '
@@ -333,12 +336,14 @@ class MtomParser:
                 "on_part_end": self._on_part_end,
                 "on_end": self._on_end,
             },
-            max_header_count=16,
+            max_header_count=MAX_PART_HEADERS,
         )
 
     # ------------------------------------------------------------ public API
     def feed(self, data: bytes) -> None:
         """Parse the next bytes of the body."""
+        if self._failed:
+            raise MtomError("the MTOM message was already refused")
         if not data:
             return
         self.received += len(data)
