@@ -17,6 +17,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ _SENTINEL_DE_UID = "1.2.250.1.999.434343.8001"
 _SENTINEL_SS_UID = "1.2.250.1.999.434343.8002"
 _SENTINEL_UUID = "urn:uuid:5e471ae1-0000-4000-8000-00000000d0c5"
 SUCCESS = b"ResponseStatusType:Success"
+_ERROR_CODE = re.compile(rb'errorCode="([^"]*)"')
 
 
 def _template(envelope: bytes, needles: dict[str, str]) -> Text:
@@ -53,7 +55,8 @@ class Workload:
     url: str
     action: str
     template: Text
-    #: (rng, client index, request number) -> slot values (bytes)
+    #: (rng, client nonce, request number) -> slot values (bytes); the nonce is unique
+    #: per client process and phase
     values: object
     #: count this tag in answers (results per query)
     count_tag: bytes | None = None
@@ -103,10 +106,9 @@ def register(url: str, patients: list[str], oid_root: str) -> Workload:
     tpl = _template(env, {"MSGID": _SENTINEL_MSGID, "PATIENT": escape(_SENTINEL_PATIENT),
                           "DE_UID": _SENTINEL_DE_UID, "SS_UID": _SENTINEL_SS_UID})
     escaped = [escape(p).encode() for p in patients]
-    run = random.randrange(10**6)
 
     def values(rng, client, i):
-        base = f"{oid_root}.{run}.{client}.{i}"
+        base = f"{oid_root}.{client}.{i}"
         return {"PATIENT": escaped[rng.randrange(len(escaped))],
                 "DE_UID": f"{base}.1".encode(), "SS_UID": f"{base}.2".encode()}
 
@@ -214,7 +216,7 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
         while time.monotonic() < t_start - warmup:
             time.sleep(0.005)
         while True:
-            body = wl.body(rng, index, i)
+            body = wl.body(rng, seed, i)
             i += 1
             t0 = time.monotonic()
             if t0 >= t_end:
@@ -237,7 +239,9 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
             else:
                 errors += 1
                 if not sample:
-                    sample = f"HTTP {status}: {content[:600]!r}"
+                    codes = sorted(set(_ERROR_CODE.findall(content)))
+                    sample = f"HTTP {status}: " + (
+                        ", ".join(c.decode() for c in codes) if codes else repr(content[:600]))
     cpu = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
     conn.send((lat, errors, sample, results, cpu))
     conn.close()

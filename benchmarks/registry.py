@@ -27,12 +27,14 @@ import platform
 import random
 import sys
 import time
+from pathlib import Path
 
 import benchmarks  # noqa: F401  (tests/ on sys.path)
 from harness import ServerProcess
 from opendmp.db import make_engine, migrate
 
 from . import client as C
+from . import profile as P
 from .dataset import Dataset
 from .pg import BenchCluster, explain_find_documents, explain_get_documents, server_facts, sizes
 
@@ -64,6 +66,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=20_000, help="submissions per COPY transaction")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--profile", metavar="DIR",
+                   help="record py-spy profiles of the gunicorn workers during the throughput "
+                        "phases of the last checkpoint into DIR (needs py-spy; see "
+                        "benchmarks/profile.py)")
     p.add_argument("--keep", action="store_true",
                    help="leave PostgreSQL running with the data at the end (prints how to "
                         "connect and stop it)")
@@ -76,6 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.entries = a.checkpoints[-1]
     if a.patients > a.entries:
         p.error("--patients must not exceed --entries")
+    if a.profile and P.py_spy() is None:
+        p.error("--profile needs py-spy on PATH or PY_SPY=/path/to/py-spy")
     return a
 
 
@@ -222,6 +230,7 @@ def run(a: argparse.Namespace) -> int:
             f"threads, SQLAlchemy pool {pool} per worker), log {server.log_path}")
         endpoint = server.url("/xds/registry")
         rng = random.Random(a.seed)
+        phase_no = 0
         for cp in a.checkpoints:
             want_patients = max(1, round(cp * a.patients / a.entries))
             new_p = want_patients - len(ds.patients_cx)
@@ -248,9 +257,17 @@ def run(a: argparse.Namespace) -> int:
                    "sizes": sz, "single": {}, "multi": {}}
             for mode, n in (("single", 1), ("multi", a.clients)):
                 for wl in workloads:
+                    phase_no += 1
+                    spies = None
+                    if a.profile and mode == "multi" and cp == a.checkpoints[-1]:
+                        spies = P.start(server.proc.pid, Path(a.profile), wl.name,
+                                        a.seconds + a.warmup + 0.5)
                     r = C.run_phase(wl, n, a.seconds, a.warmup, server.proc.pid,
-                                    cluster.postmaster_pid, seed=rng.randrange(10**6))
+                                    cluster.postmaster_pid, seed=a.seed * 10_000 + phase_no)
                     row[mode][wl.name] = r
+                    if spies is not None:
+                        log(f"  py-spy profile of {wl.name}:\n" + P.finish(
+                            spies, Path(a.profile) / f"{wl.name}-summary.txt"))
                     log(f"  {wl.name:13} {n} client(s): {r.rate:7,.0f}/s  p50 {ms(r.pct(.5))} "
                         f"p99 {ms(r.pct(.99))} ms  errors {r.errors}  CPU% cl {r.cpu['clients']:.0f}"
                         f" srv {r.cpu['server']:.0f} pg {r.cpu['postgres']:.0f} "

@@ -7,6 +7,8 @@ from sqlalchemy import text
 
 from registry.affinity import AffinityDomain
 from registry.service import registry_endpoint
+from repository.actor import open_repository
+from repository.service import repository_endpoint
 from soapstack.wsgi import SoapApplication
 
 from .config import ROOT, Settings
@@ -19,6 +21,7 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     engine = make_engine(settings.database_url)
     domain = AffinityDomain.from_settings(settings.env)
+    repository = open_repository(settings.env, settings.home, engine, domain)
 
     def health() -> dict:
         with engine.connect() as conn:
@@ -26,7 +29,8 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
         return {"status": "ok", "database": engine.dialect.name}
 
     return SoapApplication(
-        endpoints=[registry_endpoint(engine, domain)],
+        endpoints=[registry_endpoint(engine, domain),
+                   repository_endpoint(repository, domain.home_community_id)],
         schema_dir=ROOT / "schemas" / "ihe-iti" / "schema",
         max_body=settings.max_request_bytes,
         health=health,

@@ -15,7 +15,22 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     settings.ensure_home()
     migrate(settings.database_url)
+    _recover_repository(settings)
     return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads)
+
+
+def _recover_repository(settings: Settings) -> None:
+    """Settle what a crashed ITI-41 left (repository.recovery) before serving."""
+    from registry.affinity import AffinityDomain
+    from repository.actor import open_repository
+    from repository.recovery import recover
+
+    from .db import make_engine
+
+    engine = make_engine(settings.database_url)
+    domain = AffinityDomain.from_settings(settings.env)
+    recover(open_repository(settings.env, settings.home, engine, domain))
+    engine.dispose()
 
 
 def _patient_add(args: argparse.Namespace) -> int:

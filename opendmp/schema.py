@@ -96,3 +96,25 @@ object_key = Table(
 )
 Index("ix_ok_value", object_key.c.key, object_key.c.value, object_key.c.object_pk)
 Index("ix_ok_object", object_key.c.object_pk)
+
+
+#: The Document Repository's index of stored documents (ITI-41 in, ITI-43 out). A row is
+#: ``staged`` from before its bytes are committed to the store until its registration
+#: commits; the recovery sweep removes staged rows (and their bytes) left by a crash.
+repository_document = Table(
+    "repository_document",
+    metadata,
+    Column("pk", PK, primary_key=True, autoincrement=True),
+    Column("unique_id", String(128), nullable=False, unique=True),
+    Column("repository_unique_id", String(64), nullable=False),
+    #: key of the encrypted bytes in the document store (repository.storage).
+    Column("storage_key", String(64), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("sha1", String(40), nullable=False),
+    Column("mime_type", String(128), nullable=False),
+    #: see repository.index.STAGED / COMMITTED
+    Column("state", SmallInteger, nullable=False),
+    #: seconds since the epoch, for the recovery sweep's age check.
+    Column("created_at", BigInteger, nullable=False),
+)
+Index("ix_rd_state", repository_document.c.state, repository_document.c.created_at)

@@ -32,5 +32,8 @@ def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4) -> in
         "accesslog": "-",
         "errorlog": "-",
         "loglevel": "info",
+        # gunicorn 27's control socket defaults to one path per user: several servers
+        # (tests, benchmarks, nodes sharing a home) would fight over it.
+        "control_socket_disable": True,
     }).run()
     return 0

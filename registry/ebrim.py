@@ -13,7 +13,7 @@ from typing import Callable
 
 from lxml import etree
 
-from soapstack.namespaces import RIM
+from soapstack.namespaces import LCM, RIM
 
 from . import vocabulary as V
 from .model import (
@@ -613,3 +613,10 @@ def submission_to_registry_object_list(sub: Submission) -> etree._Element:
     for ref in sub.object_refs:
         rol.append(object_ref_element(ref.id, ref.home))
     return rol
+
+
+def submit_objects_request(sub: Submission) -> etree._Element:
+    """Submission -> lcm:SubmitObjectsRequest (the ITI-42 body; ITI-41 carries it too)."""
+    req = etree.Element(f"{{{LCM}}}SubmitObjectsRequest", nsmap={"lcm": LCM})
+    req.append(submission_to_registry_object_list(sub))
+    return req

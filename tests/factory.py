@@ -12,10 +12,8 @@ import itertools
 import random
 import uuid
 
-from lxml import etree
-
 from registry import vocabulary as V
-from registry.ebrim import submission_to_registry_object_list
+from registry.ebrim import submit_objects_request  # noqa: F401 (re-exported for tests)
 from registry.model import (
     Association,
     Author,
@@ -27,7 +25,6 @@ from registry.model import (
     Submission,
     SubmissionSet,
 )
-from soapstack.namespaces import LCM
 
 INS_NIR = "1.2.250.1.213.1.4.8"
 _counter = itertools.count(1)
@@ -159,10 +156,3 @@ def submission(patient: str, n_docs: int = 1, with_folder: bool = False,
         if a.extra_slots and a.extra_slots[0].values == [None]:
             a.extra_slots = []
     return sub
-
-
-def submit_objects_request(sub: Submission) -> etree._Element:
-    """lcm:SubmitObjectsRequest for ITI-42."""
-    req = etree.Element(f"{{{LCM}}}SubmitObjectsRequest", nsmap={"lcm": LCM})
-    req.append(submission_to_registry_object_list(sub))
-    return req
