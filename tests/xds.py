@@ -85,3 +85,12 @@ def find_folders(server, patient: str, return_type="LeafClass"):
 def get_folder_and_contents(server, folder_uuid: str):
     params = {"$XDSFolderEntryUUID": f"'{folder_uuid}'"}
     return registry(server).call(ITI18, adhoc_query(GET_FOLDER_AND_CONTENTS, params)).payload
+
+
+def repository(server) -> SoapClient:
+    return SoapClient(server.url("/xds/repository"))
+
+
+def repository_unique_id(server) -> str:
+    from pathlib import Path
+    return (Path(server.home) / "repository-unique-id").read_text().strip()
