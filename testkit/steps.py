@@ -806,19 +806,19 @@ class Runner:
         prep = self._prepare(test, sec, tx, submission=True)
         meta = prep.request
         if etree.QName(meta).localname == "ProvideAndRegisterDocumentSetRequest":
-            body = meta
+            body = meta  # the plan's <Document> elements are added below, as the toolkit does
         else:
             if etree.QName(meta).localname != "SubmitObjectsRequest":
                 raise PlanProblem(f"ProvideAndRegisterTransaction file {tx.metadata_file} holds {meta.tag}")
             body = etree.Element(f"{{{XDSB}}}ProvideAndRegisterDocumentSetRequest", nsmap={"xdsb": XDSB})
             body.append(meta)
-            for doc in tx.documents:
-                path = sec.path / doc.file
-                if not path.is_file():
-                    raise PlanProblem(f"document file {path} is missing")
-                el = etree.SubElement(body, f"{{{XDSB}}}Document",
-                                      id=prep.uuid_map.get(doc.id, doc.id))
-                el.text = base64.b64encode(path.read_bytes()).decode("ascii")
+        for doc in tx.documents:
+            path = sec.path / doc.file
+            if not path.is_file():
+                raise PlanProblem(f"document file {path} is missing")
+            el = etree.SubElement(body, f"{{{XDSB}}}Document",
+                                  id=prep.uuid_map.get(doc.id, doc.id))
+            el.text = base64.b64encode(path.read_bytes()).decode("ascii")
         prep.request = body
         try:
             answer = self._send(self.repository, ITI41, body, tx)

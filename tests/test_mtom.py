@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from corpus import restore_crlf, split_http
 from corpus import cases, corpus_path
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -795,41 +796,6 @@ def test_parse_reply_still_reads_plain_answers():
 
 
 # --------------------------------------------------------------------------- public corpus
-
-def restore_crlf(text: bytes, boundary: str) -> bytes:
-    """The corpus keeps these traces with bare LF line ends (text files in git); MIME
-    needs CRLF (RFC 2046 §5.1.1). Restore CRLF on delimiter and part-header lines and
-    on the line end before each delimiter; part content is left byte for byte."""
-    delim = b"--" + boundary.encode()
-    lines = text.split(b"\n")
-    out: list[bytes] = []
-    in_headers = False
-    for i, line in enumerate(lines):
-        end = b"" if i == len(lines) - 1 else b"\n"
-        bare = line[:-1] if line.endswith(b"\r") else line
-        if bare.startswith(delim):
-            if out and out[-1].endswith(b"\n") and not out[-1].endswith(b"\r\n"):
-                out[-1] = out[-1][:-1] + b"\r\n"
-            in_headers = not bare[len(delim):].startswith(b"--")
-            out.append(bare + (b"\r\n" if end else b""))
-        elif in_headers:
-            out.append(bare + b"\r\n")
-            in_headers = bool(bare)
-        else:
-            out.append(line + end)
-    return b"".join(out)
-
-
-def split_http(raw: bytes) -> tuple[dict[str, str], bytes]:
-    """A recorded HTTP message: (headers by lower-case name, body)."""
-    head, _, body = raw.partition(b"\n\n")
-    headers = {}
-    for line in head.decode("latin-1").splitlines():
-        name, sep, value = line.partition(":")
-        if sep and " " not in name.strip():
-            headers[name.strip().lower()] = value.strip()
-    return headers, body
-
 
 def rest_client_request(path: Path, marker: str) -> tuple[dict[str, str], bytes]:
     """One request of a VS Code REST Client ``.http`` file, from the ``### marker``
