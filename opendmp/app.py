@@ -33,5 +33,6 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
                    repository_endpoint(repository, domain.home_community_id)],
         schema_dir=ROOT / "schemas" / "ihe-iti" / "schema",
         max_body=settings.max_request_bytes,
+        max_mtom_body=settings.max_mtom_request_bytes,
         health=health,
     )

@@ -19,6 +19,8 @@ class Settings:
     database_url: str
     #: largest accepted SOAP request (plain, non-MTOM) in bytes.
     max_request_bytes: int = 64 * 1024 * 1024
+    #: largest accepted MTOM request (documents are spooled to disk, not held in memory).
+    max_mtom_request_bytes: int = 2 * 1024 ** 3
     env: dict[str, str] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -30,6 +32,7 @@ class Settings:
             home=home,
             database_url=url,
             max_request_bytes=int(env.get("OPENDMP_MAX_REQUEST_BYTES", 64 * 1024 * 1024)),
+            max_mtom_request_bytes=int(env.get("OPENDMP_MAX_MTOM_REQUEST_BYTES", 2 * 1024 ** 3)),
             env=env,
         )
 

@@ -85,12 +85,15 @@ class SoapApplication:
         schema_dir: Path,
         max_body: int,
         health: Callable[[], dict],
+        max_mtom_body: int | None = None,
         readers: dict[str, MessageReader] | None = None,
         extra_routes: dict[str, Callable] | None = None,
     ) -> None:
         self.endpoints = {ep.path: ep for ep in endpoints}
         self.schema_dir = schema_dir.resolve()
+        #: in-memory (plain SOAP) bodies; MTOM bodies spool their parts and may be larger.
         self.max_body = max_body
+        self.max_mtom_body = max_mtom_body or max_body
         self.health = health
         #: body readers by media type (``multipart/related`` is MTOM/XOP).
         self.readers = {"multipart/related": read_mtom, **(readers or {})}
@@ -126,10 +129,11 @@ class SoapApplication:
         try:
             media_type = environ.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
             reader = self.readers.get(media_type, read_plain_body)
+            limit = self.max_mtom_body if media_type == "multipart/related" else self.max_body
             try:
-                data, attachments = reader(environ, self.max_body)
+                data, attachments = reader(environ, limit)
             except RequestTooLarge:
-                raise SoapFault(f"request body exceeds the limit of {self.max_body} bytes") from None
+                raise SoapFault(f"request body exceeds the limit of {limit} bytes") from None
             request = parse_envelope(data)
             relates_to = request.message_id
             request.attachments = attachments

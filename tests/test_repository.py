@@ -244,3 +244,40 @@ def test_broken_multipart_is_a_fault_and_nothing_stored(server_factory, damage):
     assert r.status_code == 400, r.text[:500]
     assert fault(r)[0] == "env:Sender"
     assert _stored_files(srv) == []
+
+
+def test_200_megabyte_document_in_and_out(server):
+    """A 200 MB document goes through ITI-41 and ITI-43 (streamed both ways; the memory
+    bound itself is measured by benchmarks/repository.py, not asserted here)."""
+    import hashlib
+
+    from repository.source import retrieve_request
+    from soapstack.mtom import xop_attachment
+
+    patient = _patient(server)
+    sub = _unsigned_submission(patient)
+    sub.documents[0].mime_type = "application/octet-stream"
+    size, block = 200 * 1024 * 1024, os.urandom(1024 * 1024)
+    sent = hashlib.sha1()
+
+    def chunks():
+        for i in range(size // len(block)):
+            piece = bytes([i % 256]) + block[1:]
+            sent.update(piece)
+            yield piece
+
+    answer = provide_and_register(repository(server), sub, {sub.documents[0].id: DocumentContent(
+        "application/octet-stream", size, chunks())}).payload
+    assert status(answer) == "Success", etree.tostring(answer)
+    reply = repository(server).call("urn:ihe:iti:2007:RetrieveDocumentSet", retrieve_request(
+        repository_unique_id(server), [sub.documents[0].unique_id]))
+    try:
+        doc = reply.payload.find(".//{urn:ihe:iti:xds-b:2007}Document")
+        attachment = xop_attachment(doc, reply.attachments)
+        got = hashlib.sha1()
+        for chunk in attachment.chunks():
+            got.update(chunk)
+        assert attachment.size == size
+        assert got.hexdigest() == sent.hexdigest()
+    finally:
+        reply.close()

@@ -1,0 +1,91 @@
+"""A crash at any point of ITI-41 leaves no document a query can find without its bytes
+and, after the next start (recovery sweep), no orphan bytes (ITI TF-2b §3.41.4.1.3).
+
+The server process group is killed with SIGKILL: first the worker, at failpoints armed
+with ``OPENDMP_FAILPOINTS`` (after the index rows are staged; after the bytes are in
+place, before registration), or in the middle of a slow upload; then the whole server.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import factory as F
+import httpx
+import pytest
+from xds import NS, error_codes, find_documents, repository, repository_unique_id, status
+
+from registry.hl7types import parse_cx
+from repository.source import DocumentContent, provide_and_register, retrieve
+
+
+def _files(srv) -> list[Path]:
+    return [p for p in (Path(srv.home) / "documents").rglob("*") if p.is_file()]
+
+
+def _submission(patient):
+    sub = F.submission(patient)
+    for de in sub.documents:
+        de.hash = de.size = de.repository_unique_id = None
+    return sub
+
+
+def _assert_nothing_left(srv, patient, unique_id):
+    assert _files(srv) == []
+    assert not find_documents(srv, parse_cx(patient).canonical).xpath(
+        "//rim:ExtrinsicObject", namespaces=NS)
+    response, docs = retrieve(repository(srv), repository_unique_id(srv), [unique_id])
+    assert docs == [] and error_codes(response) == ["XDSDocumentUniqueIdError"]
+
+
+@pytest.mark.parametrize("point", ["iti41.after_index", "iti41.after_store"])
+def test_kill9_between_storing_and_registering(server_factory, point):
+    srv = server_factory(env={"OPENDMP_FAILPOINTS": f"{point}:kill"})
+    patient = F.new_ins()
+    assert srv.run_cli(["patient", "add", patient]).returncode == 0
+    sub = _submission(patient)
+    with pytest.raises((httpx.HTTPError, OSError)):
+        provide_and_register(repository(srv), sub,
+                             {sub.documents[0].id: DocumentContent.of(b"<doc>crash</doc>")})
+    assert _files(srv), "the crash should have left the staged bytes behind"
+    srv.kill9()
+    srv.restart(env={"OPENDMP_FAILPOINTS": ""})
+    assert "repository recovery" in srv.log_text(since_start=True)
+    _assert_nothing_left(srv, patient, sub.documents[0].unique_id)
+    again = _submission(patient)
+    answer = provide_and_register(repository(srv), again, {again.documents[0].id:
+                                                           DocumentContent.of(b"<doc/>")})
+    assert status(answer.payload) == "Success"
+
+
+def test_kill9_during_a_slow_upload_leaves_no_partial_bytes(server_factory):
+    srv = server_factory()
+    patient = F.new_ins()
+    assert srv.run_cli(["patient", "add", patient]).returncode == 0
+    sub = _submission(patient)
+    size = 8 * 1024 * 1024
+    started = threading.Event()
+
+    def slow_chunks():
+        for i in range(size // 65536):
+            if i == 16:
+                started.set()
+                time.sleep(60)  # the server is killed while this upload hangs
+            yield b"x" * 65536
+
+    def upload():
+        try:
+            provide_and_register(repository(srv), sub,
+                                 {sub.documents[0].id: DocumentContent("text/plain", size,
+                                                                       slow_chunks())})
+        except Exception:  # noqa: BLE001 - the connection dies with the server
+            pass
+
+    t = threading.Thread(target=upload, daemon=True)
+    t.start()
+    assert started.wait(30)
+    time.sleep(0.5)
+    srv.kill9()
+    srv.restart()
+    _assert_nothing_left(srv, patient, sub.documents[0].unique_id)
