@@ -64,6 +64,32 @@ def _patient_add(args: argparse.Namespace) -> int:
     return status
 
 
+def _keys(args: argparse.Namespace) -> int:
+    """Master keys of the document store (repository.keys): rotate, rewrap, usage."""
+    from repository.keys import load_keyring, rotate
+    from repository.storage import open_store
+
+    settings = Settings.from_env()
+    if args.keys_command == "rotate":
+        key_id = rotate(settings.home)
+        print(f"new master key {key_id}; restart the servers, then run "
+              "`opendmp keys rewrap`, check `opendmp keys usage`, then remove the old key file")
+        return 0
+    keyring = load_keyring(settings.env, settings.home)
+    store = open_store(settings.env, settings.home, keyring)
+    if args.keys_command == "rewrap":
+        result = store.rewrap(keyring)
+        print(f"re-wrapped {result.rewrapped} documents under {keyring.current.key_id}; "
+              f"{result.already_current} already were; {len(result.failed)} failed")
+        for key, reason in result.failed.items():
+            print(f"  {key}: {reason}", file=sys.stderr)
+        return 1 if result.failed else 0
+    for key_id, count in sorted(store.key_usage().items()):
+        marker = " (current)" if key_id == keyring.current.key_id else ""
+        print(f"{key_id}{marker}: {count} documents")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opendmp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     add = patient_sub.add_parser("add", help="register patient identifiers (HL7 CX)")
     add.add_argument("cx", nargs="+", help="e.g. '1234567890123^^^&1.2.250.1.213.1.4.8&ISO^NH'")
     add.set_defaults(func=_patient_add)
+
+    keys = sub.add_parser("keys", help="master keys of the encrypted document store")
+    keys.add_argument("keys_command", choices=["rotate", "rewrap", "usage"])
+    keys.set_defaults(func=_keys)
 
     try:
         from testkit.cli import register as register_testkit

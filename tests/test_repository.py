@@ -281,3 +281,64 @@ def test_200_megabyte_document_in_and_out(server):
         assert got.hexdigest() == sent.hexdigest()
     finally:
         reply.close()
+
+
+@pytest.fixture
+def tiny_disk_server(server_factory):
+    """A server whose document store sits on a 3 MB tmpfs (a real full disk; needs root,
+    as CI has)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    srv = server_factory(start=False)
+    store_dir = Path(srv.home) / "documents"
+    store_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(store_dir)],
+                   check=True)
+    try:
+        yield srv.start()
+    finally:
+        srv.stop()
+        subprocess.run(["umount", str(store_dir)], check=True)
+
+
+def test_disk_full_is_XDSRepositoryOutOfResources_and_nothing_half_stored(tiny_disk_server):
+    srv = tiny_disk_server
+    patient = _patient(srv)
+    small = _unsigned_submission(patient)
+    assert status(_pnr(srv, small, {small.documents[0].id: b"<doc>" + b"s" * 500_000 +
+                                    b"</doc>"})) == "Success"
+    before = sorted(p.name for p in _stored_files(srv))
+    big = _unsigned_submission(patient)
+    answer = _pnr(srv, big, {big.documents[0].id: b"<doc>" + b"b" * 4_000_000 + b"</doc>"})
+    assert error_codes(answer) == ["XDSRepositoryOutOfResources"]
+    assert sorted(p.name for p in _stored_files(srv)) == before
+    found = find_documents(srv, parse_cx(patient).canonical).xpath("//rim:ExtrinsicObject",
+                                                                   namespaces=NS)
+    assert len(found) == 1
+    _, docs = retrieve(repository(srv), repository_unique_id(srv), [small.documents[0].unique_id])
+    assert len(docs[0].content) == 500_011
+
+
+def test_key_rotation_rewraps_without_rewriting_documents(server_factory):
+    srv = server_factory()
+    patient = _patient(srv)
+    sub = _unsigned_submission(patient)
+    content = b"<doc>" + b"r" * 200_000 + b"</doc>"
+    assert status(_pnr(srv, sub, {sub.documents[0].id: content})) == "Success"
+    (stored,) = _objects(srv)
+    body_before = stored.read_bytes()[160:]
+    rotated = srv.run_cli(["keys", "rotate"])
+    assert rotated.returncode == 0, rotated.stderr
+    srv.restart()
+    rewrap = srv.run_cli(["keys", "rewrap"])
+    assert rewrap.returncode == 0 and "re-wrapped 1 documents" in rewrap.stdout, rewrap.stdout
+    usage = srv.run_cli(["keys", "usage"]).stdout.strip().splitlines()
+    assert len(usage) == 1 and usage[0].endswith("(current): 1 documents")
+    assert stored.read_bytes()[160:] == body_before
+    old_keys = [k for k in (Path(srv.home) / "keys").glob("master-*.key")
+                if usage[0].split()[0] not in k.name]
+    assert len(old_keys) == 1
+    old_keys[0].unlink()
+    srv.restart()
+    _, docs = retrieve(repository(srv), repository_unique_id(srv), [sub.documents[0].unique_id])
+    assert docs[0].content == content
