@@ -144,25 +144,46 @@ def _machine_ticks() -> tuple[int, int]:
 class CpuSample:
     machine_busy: int
     machine_total: int
-    server: int
+    #: ticks per process of the server's process group (gunicorn master and workers)
+    server: dict[int, int]
     postgres: int
+    #: ticks per process of everything else (other sessions, kernel threads)
+    others: dict[int, int]
 
     @classmethod
-    def take(cls, server_pgid: int | None, postmaster: int | None) -> "CpuSample":
+    def take(cls, server_pgid: int | None, postmaster: int | None,
+             exclude: frozenset[int] = frozenset()) -> "CpuSample":
         busy, total = _machine_ticks()
-        server = pg = 0
+        server: dict[int, int] = {}
+        others: dict[int, int] = {}
+        pg = 0
         for name in os.listdir("/proc"):
             if not name.isdigit():
                 continue
-            st = _proc_stat(int(name))
+            pid = int(name)
+            st = _proc_stat(pid)
             if st is None:
                 continue
             ppid, pgrp, ticks = st
             if server_pgid is not None and pgrp == server_pgid:
-                server += ticks
-            elif postmaster is not None and (int(name) == postmaster or ppid == postmaster):
+                server[pid] = ticks
+            elif postmaster is not None and (pid == postmaster or ppid == postmaster):
                 pg += ticks
-        return cls(busy, total, server, pg)
+            elif pid not in exclude:
+                others[pid] = ticks
+        return cls(busy, total, server, pg, others)
+
+
+def _delta(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
+    return {pid: t - before.get(pid, 0) for pid, t in after.items()}
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return str(pid)
 
 
 # ----------------------------------------------------------------- running a phase
@@ -204,7 +225,7 @@ _WORKLOAD: Workload | None = None
 
 
 def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
-                 warmup: float) -> None:
+                 warmup: float, reconnect: int) -> None:
     wl = _WORKLOAD
     rng = random.Random(seed)
     headers = {"Content-Type": f'application/soap+xml; charset=UTF-8; action="{wl.action}"'}
@@ -212,12 +233,16 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
     errors, results, sample, i = 0, 0, "", 0
     cpu0 = None
     tag = wl.count_tag
-    with httpx.Client(timeout=60) as http:
+    http = httpx.Client(timeout=60)
+    try:
         while time.monotonic() < t_start - warmup:
             time.sleep(0.005)
         while True:
             body = wl.body(rng, seed, i)
             i += 1
+            if reconnect and i % reconnect == 0:
+                http.close()
+                http = httpx.Client(timeout=60)
             t0 = time.monotonic()
             if t0 >= t_end:
                 break
@@ -242,14 +267,18 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
                     codes = sorted(set(_ERROR_CODE.findall(content)))
                     sample = f"HTTP {status}: " + (
                         ", ".join(c.decode() for c in codes) if codes else repr(content[:600]))
+    finally:
+        http.close()
     cpu = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
     conn.send((lat, errors, sample, results, cpu))
     conn.close()
 
 
 def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
-              server_pgid: int | None, postmaster: int | None, seed: int) -> PhaseResult:
-    """``clients`` forked processes, closed loop, for ``seconds`` after ``warmup``."""
+              server_pgid: int | None, postmaster: int | None, seed: int,
+              reconnect: int = 0) -> PhaseResult:
+    """``clients`` forked processes, closed loop, for ``seconds`` after ``warmup``; each
+    client opens a new keep-alive connection every ``reconnect`` requests (0: never)."""
     global _WORKLOAD
     _WORKLOAD = workload
     ctx = mp.get_context("fork")
@@ -259,15 +288,17 @@ def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
     for c in range(clients):
         parent, child = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_client_main,
-                        args=(child, c, seed * 1000 + c, t_start, t_end, warmup), daemon=True)
+                        args=(child, c, seed * 1000 + c, t_start, t_end, warmup, reconnect),
+                        daemon=True)
         p.start()
         child.close()
         procs.append(p)
         pipes.append(parent)
+    mine = frozenset([os.getpid(), *(p.pid for p in procs)])
     time.sleep(max(0.0, t_start - time.monotonic()))
-    before = CpuSample.take(server_pgid, postmaster)
+    before = CpuSample.take(server_pgid, postmaster, mine)
     time.sleep(max(0.0, t_end - time.monotonic()))
-    after = CpuSample.take(server_pgid, postmaster)
+    after = CpuSample.take(server_pgid, postmaster, mine)
     res = PhaseResult(workload.name, clients, seconds)
     for parent in pipes:
         lat, errors, sample, results, cpu = parent.recv()
@@ -284,12 +315,20 @@ def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
     def share(ticks: float) -> float:
         return 100.0 * ticks / wall_ticks
 
+    server = _delta(after.server, before.server)
+    others = {pid: t for pid, t in _delta(after.others, before.others).items()
+              if pid in before.others and t > 0}
+    top = sorted(others.items(), key=lambda kv: -kv[1])[:3]
     res.cpu = {
         "machine": 100.0 * (after.machine_busy - before.machine_busy)
         / max(1, after.machine_total - before.machine_total),
-        "server": share(after.server - before.server),
+        "server": share(sum(server.values())),
+        #: per gunicorn process, busiest first (the master is the near-zero one)
+        "server_split": [round(share(t)) for t in sorted(server.values(), reverse=True)],
         "postgres": share(after.postgres - before.postgres),
         "clients": share(res.client_cpu_s * _TICK),
+        "others": share(sum(others.values())),
+        "others_top": [f"{_comm(pid)} {share(t):.0f}%" for pid, t in top if share(t) >= 1],
     }
     _WORKLOAD = None
     return res

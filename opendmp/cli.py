@@ -10,13 +10,18 @@ from .config import Settings
 
 def _serve(args: argparse.Namespace) -> int:
     from .db import migrate
-    from .server import run_gunicorn
+    from .server import Listener, run_gunicorn, start_listeners, stop_listeners
 
     settings = Settings.from_env()
     settings.ensure_home()
     migrate(settings.database_url)
     _recover_repository(settings)
-    return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads)
+    listeners: list[Listener] = []
+    procs = start_listeners(listeners)
+    try:
+        return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads)
+    finally:
+        stop_listeners(procs)
 
 
 def _recover_repository(settings: Settings) -> None:

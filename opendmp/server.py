@@ -1,7 +1,43 @@
-"""Run the WSGI application under gunicorn from Python (``opendmp serve``)."""
+"""Run the system from Python (``opendmp serve``): gunicorn for the SOAP/HTTP endpoints,
+plus one child process per non-HTTP listener (MLLP for PIX, syslog for ATNA)."""
 from __future__ import annotations
 
+import logging
+import multiprocessing
+from dataclasses import dataclass
+from typing import Callable
+
 from gunicorn.app.base import BaseApplication
+
+log = logging.getLogger("opendmp.serve")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A non-HTTP server run beside gunicorn: ``target`` blocks serving until killed."""
+
+    name: str
+    target: Callable[[], None]
+
+
+def start_listeners(listeners: list[Listener]) -> list[multiprocessing.Process]:
+    """Start each listener in its own (daemon) process; they die with ``opendmp serve``."""
+    procs = []
+    for listener in listeners:
+        proc = multiprocessing.Process(target=listener.target, name=listener.name, daemon=True)
+        proc.start()
+        log.info("started %s (pid %s)", listener.name, proc.pid)
+        procs.append(proc)
+    return procs
+
+
+def stop_listeners(procs: list[multiprocessing.Process]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
 
 
 class _Gunicorn(BaseApplication):
