@@ -38,6 +38,9 @@ _SENTINEL_DE_UID = "1.2.250.1.999.434343.8001"
 _SENTINEL_SS_UID = "1.2.250.1.999.434343.8002"
 _SENTINEL_UUID = "urn:uuid:5e471ae1-0000-4000-8000-00000000d0c5"
 SUCCESS = b"ResponseStatusType:Success"
+#: a phase during which more than this % of the machine went to other processes is
+#: measured again (benchmarks.registry --retries)
+FOREIGN_LIMIT = 10.0
 _ERROR_CODE = re.compile(rb'errorCode="([^"]*)"')
 
 
@@ -189,6 +192,33 @@ def _comm(pid: int) -> str:
 # ----------------------------------------------------------------- running a phase
 
 
+def machine_busy(seconds: float = 0.5) -> float:
+    """% of all CPUs busy over the next ``seconds``."""
+    b0, t0 = _machine_ticks()
+    time.sleep(seconds)
+    b1, t1 = _machine_ticks()
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_quiet(limit: float = 10.0, calm: float = 2.0, timeout: float = 120.0) -> float:
+    """Wait (up to ``timeout`` s) until the machine has been below ``limit`` % busy for
+    ``calm`` seconds in a row; return the last reading. Between phases only the idle
+    server and PostgreSQL are running, so anything above a few % is someone else."""
+    deadline = time.monotonic() + timeout
+    quiet_since = None
+    while True:
+        busy = machine_busy(0.5)
+        now = time.monotonic()
+        if busy > limit:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now - 0.5
+        if quiet_since is not None and now - quiet_since >= calm:
+            return busy
+        if now > deadline:
+            return busy
+
+
 @dataclass
 class PhaseResult:
     name: str
@@ -200,6 +230,12 @@ class PhaseResult:
     results: int = 0
     client_cpu_s: float = 0.0
     cpu: dict = field(default_factory=dict)
+    #: measurements of this phase discarded because others used the machine
+    discarded: list[float] = field(default_factory=list)
+
+    @property
+    def disturbed(self) -> bool:
+        return self.cpu.get("foreign", 0.0) > FOREIGN_LIMIT
 
     @property
     def count(self) -> int:
@@ -225,7 +261,7 @@ _WORKLOAD: Workload | None = None
 
 
 def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
-                 warmup: float, reconnect: int) -> None:
+                 warmup: float) -> None:
     wl = _WORKLOAD
     rng = random.Random(seed)
     headers = {"Content-Type": f'application/soap+xml; charset=UTF-8; action="{wl.action}"'}
@@ -233,16 +269,13 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
     errors, results, sample, i = 0, 0, "", 0
     cpu0 = None
     tag = wl.count_tag
-    http = httpx.Client(timeout=60)
+    http = httpx.Client(timeout=60)  # one keep-alive connection for the whole phase
     try:
         while time.monotonic() < t_start - warmup:
             time.sleep(0.005)
         while True:
             body = wl.body(rng, seed, i)
             i += 1
-            if reconnect and i % reconnect == 0:
-                http.close()
-                http = httpx.Client(timeout=60)
             t0 = time.monotonic()
             if t0 >= t_end:
                 break
@@ -275,10 +308,9 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
 
 
 def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
-              server_pgid: int | None, postmaster: int | None, seed: int,
-              reconnect: int = 0) -> PhaseResult:
-    """``clients`` forked processes, closed loop, for ``seconds`` after ``warmup``; each
-    client opens a new keep-alive connection every ``reconnect`` requests (0: never)."""
+              server_pgid: int | None, postmaster: int | None, seed: int) -> PhaseResult:
+    """``clients`` forked processes, closed loop, one keep-alive connection each, for
+    ``seconds`` after ``warmup``."""
     global _WORKLOAD
     _WORKLOAD = workload
     ctx = mp.get_context("fork")
@@ -288,8 +320,7 @@ def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
     for c in range(clients):
         parent, child = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_client_main,
-                        args=(child, c, seed * 1000 + c, t_start, t_end, warmup, reconnect),
-                        daemon=True)
+                        args=(child, c, seed * 1000 + c, t_start, t_end, warmup), daemon=True)
         p.start()
         child.close()
         procs.append(p)
@@ -330,5 +361,9 @@ def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
         "others": share(sum(others.values())),
         "others_top": [f"{_comm(pid)} {share(t):.0f}%" for pid, t in top if share(t) >= 1],
     }
+    #: CPU used by neither the benchmark nor the product: other sessions on the machine,
+    #: kernel threads, interrupts (loopback networking is a few %)
+    res.cpu["foreign"] = max(0.0, res.cpu["machine"] - res.cpu["clients"] - res.cpu["server"]
+                             - res.cpu["postgres"])
     _WORKLOAD = None
     return res

@@ -421,6 +421,8 @@ class StageStats:
     #: wall time of the COPYs (generation interleaved), of VACUUM ANALYZE
     copy_s: float = 0.0
     vacuum_s: float = 0.0
+    #: CHECKPOINT + sync + wait for an idle machine before measuring (benchmarks.registry)
+    quiesce_s: float = 0.0
     #: Python time spent generating/encoding rows (part of copy_s)
     encode_s: float = 0.0
     checked: int = 0

@@ -14,11 +14,43 @@ bytes.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 from .profile import worker_pids
 
-__all__ = ["worker_pids", "status", "reset_peak", "Sampler"]
+__all__ = ["worker_pids", "http_workers", "status", "reset_peak", "Sampler"]
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on TCP ``port`` (IPv4 and IPv6)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(fields[9])
+        except OSError:
+            continue
+    return inodes
+
+
+def http_workers(master: int, port: int) -> list[int]:
+    """The gunicorn workers among the children of ``master``: those holding the HTTP
+    listening socket (``opendmp serve`` also forks non-HTTP listeners, PIX and ATNA)."""
+    inodes = _listening_inodes(port)
+    out = []
+    for pid in worker_pids(master):
+        try:
+            links = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        except OSError:
+            continue
+        if any(f"socket:[{i}]" in links for i in inodes):
+            out.append(pid)
+    return out
 
 
 def status(pid: int) -> dict[str, int]:
@@ -46,17 +78,16 @@ def reset_peak(pid: int) -> bool:
 
 
 class Sampler:
-    """Polls the RSS of the workers of ``master`` while a request runs::
+    """Polls the RSS of the worker processes ``pids`` while a request runs::
 
-        with Sampler(master) as s:
+        with Sampler(http_workers(master, port)) as s:
             do_request()
         s.peak            # max over workers of max(VmHWM at the end, polled VmRSS)
     """
 
-    def __init__(self, master: int, interval: float = 0.020) -> None:
-        self.master = master
+    def __init__(self, pids: list[int], interval: float = 0.020) -> None:
         self.interval = interval
-        self.pids = worker_pids(master)
+        self.pids = list(pids)
         self.polled: dict[int, int] = {}
         self.hwm: dict[int, int] = {}
         self.samples = 0
@@ -99,6 +130,6 @@ class Sampler:
         return max(self.hwm.values(), default=0) if self.hwm_reset else 0
 
 
-def current(master: int) -> int:
-    """The largest current RSS among the workers of ``master``."""
-    return max((status(pid).get("VmRSS", 0) for pid in worker_pids(master)), default=0)
+def current(pids: list[int]) -> int:
+    """The largest current RSS among ``pids``."""
+    return max((status(pid).get("VmRSS", 0) for pid in pids), default=0)

@@ -5,6 +5,8 @@ import logging
 
 from sqlalchemy import text
 
+from atna.service import wsgi_parts as atna_wsgi_parts
+from cda.web import routes as cda_routes
 from registry.affinity import AffinityDomain
 from registry.service import registry_endpoint
 from repository.actor import open_repository
@@ -28,11 +30,15 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
             conn.execute(text("SELECT 1"))
         return {"status": "ok", "database": engine.dialect.name}
 
+    # ATNA (atna.service): every transaction audited; GET /audit and /fhir/AuditEvent.
+    endpoints, audit_routes = atna_wsgi_parts(
+        settings, engine, [registry_endpoint(engine, domain),
+                           repository_endpoint(repository, domain.home_community_id)], repository)
     return SoapApplication(
-        endpoints=[registry_endpoint(engine, domain),
-                   repository_endpoint(repository, domain.home_community_id)],
+        endpoints=endpoints,
         schema_dir=ROOT / "schemas" / "ihe-iti" / "schema",
         max_body=settings.max_request_bytes,
         max_mtom_body=settings.max_mtom_request_bytes,
         health=health,
+        extra_routes={**cda_routes(engine, repository), **audit_routes},
     )

@@ -17,11 +17,27 @@ def _serve(args: argparse.Namespace) -> int:
     migrate(settings.database_url)
     _recover_repository(settings)
     listeners: list[Listener] = []
+    from pix.listener import listeners as pix_listeners  # PIX Manager: MLLP + ITI-10
+
+    listeners += pix_listeners(settings.env, args.host, args.mllp_port)
+    from atna.service import atna_listeners  # ATNA: Audit Record Repository + spool sender
+
+    listeners += atna_listeners(settings, args.host, args.audit_tls_port, args.audit_udp_port)
+    parent = os.getpid()
     procs = start_listeners(listeners)
     try:
         return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads)
     finally:
-        stop_listeners(procs)
+        if os.getpid() == parent:
+            stop_listeners(procs)
+        else:
+            # A gunicorn worker (forked from this process) is exiting through here: the
+            # listeners are not its children; without this, its stop_listeners and
+            # multiprocessing's atexit hook would terminate them.
+            import multiprocessing.process as mp_process
+
+            for proc in procs:
+                mp_process._children.discard(proc)
 
 
 def _recover_repository(settings: Settings) -> None:
@@ -104,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=int(os.environ.get("OPENDMP_PORT", 8080)))
     serve.add_argument("--workers", type=int, default=int(os.environ.get("OPENDMP_WORKERS", 2)))
     serve.add_argument("--threads", type=int, default=int(os.environ.get("OPENDMP_THREADS", 4)))
+    serve.add_argument("--mllp-port", type=int,
+                       default=int(os.environ.get("OPENDMP_MLLP_PORT") or 2575),
+                       help="PIX Manager MLLP port (ITI-8/ITI-9); 0 turns it off")
+    serve.add_argument("--audit-tls-port", type=int, default=None,
+                       help="ATNA syslog over TLS (RFC 5425) port, default 6514; 0 turns it off")
+    serve.add_argument("--audit-udp-port", type=int, default=None,
+                       help="ATNA syslog over UDP (RFC 5426) port, default 5514; 0 turns it off")
     serve.set_defaults(func=_serve)
 
     patient = sub.add_parser("patient", help="patient identifiers of the affinity domain")
@@ -122,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
         register_testkit = None
     if register_testkit is not None:
         register_testkit(sub)
+
+    from pix.cli import register as register_pix  # opendmp pix query|outbox
+    register_pix(sub)
+
+    from cda.cli import register as register_cda  # push, cda validate|metadata|render
+    register_cda(sub)
+
+    from atna.cli import register as register_atna  # audit list|history|stats, ca init|issue
+    register_atna(sub)
     return parser
 
 

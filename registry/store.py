@@ -156,6 +156,21 @@ def add_patient(conn: Connection, cx: str) -> int:
     return conn.execute(insert(patient).values(cx=cx).returning(patient.c.pk)).scalar_one()
 
 
+def merge_patient(conn: Connection, subsumed_cx: str, survivor_cx: str) -> int:
+    """PIX merge (ITI-8 A40): ``subsumed_cx`` now means ``survivor_cx``. The subsumed
+    row (and any merged into it) points to the survivor and its objects are re-pointed,
+    so queries on either identifier find the survivor's documents. Returns the
+    survivor's key."""
+    survivor = add_patient(conn, survivor_cx)
+    subsumed = add_patient(conn, subsumed_cx)
+    conn.execute(update(patient).where(patient.c.merged_into == subsumed)
+                 .values(merged_into=survivor))
+    conn.execute(update(patient).where(patient.c.pk == subsumed).values(merged_into=survivor))
+    conn.execute(update(registry_object).where(registry_object.c.patient_pk == subsumed)
+                 .values(patient_pk=survivor))
+    return survivor
+
+
 def patient_cx(conn: Connection, pk: int) -> str | None:
     return conn.execute(select(patient.c.cx).where(patient.c.pk == pk)).scalar()
 

@@ -15,6 +15,7 @@ import logging
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
 
+from cda.crosscheck import Intake as CdaIntake
 from opendmp import failpoints
 from opendmp.db import read_transaction, write_transaction
 from registry import errors as E
@@ -58,9 +59,11 @@ def _documents_by_id(request: etree._Element) -> tuple[dict[str, etree._Element]
 
 
 def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
-               attachments: dict[str, Attachment]) -> tuple[StagedDocument | None, list]:
+               attachments: dict[str, Attachment], cda: CdaIntake | None = None
+               ) -> tuple[StagedDocument | None, list]:
     """Stream one document into the store and reconcile its metadata with the bytes."""
     where = f"DocumentEntry {de.id}"
+    cda_sniffer = cda.sniffer(de) if cda is not None else None  # None unless XML
     try:
         chunks = document_chunks(document, attachments)
         with repo.store.begin() as writer:
@@ -69,6 +72,8 @@ def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
                 if len(head) < SNIFF_BYTES:
                     head += chunk[:SNIFF_BYTES - len(head)]
                 writer.write(chunk)
+                if cda_sniffer is not None:
+                    cda_sniffer.feed(chunk)
             staged = writer.finish()
     except binascii.Error as exc:
         return None, [_err(REPOSITORY_METADATA_ERROR, f"{where}: document content: {exc}", de.id)]
@@ -92,6 +97,8 @@ def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
     if de.mime_type and not content_matches_mime_type(de.mime_type, head):
         errors.append(_err(REPOSITORY_METADATA_ERROR,
                            f"{where}: the document's content is not {de.mime_type}", de.id))
+    if cda_sniffer is not None:  # a CDA's header must agree with its metadata (cda.crosscheck)
+        errors += cda.check(cda_sniffer)
     de.hash, de.size, de.repository_unique_id = staged.sha1_hex, str(staged.size), \
         repo.settings.unique_id
     return staged, errors
@@ -129,6 +136,7 @@ def provide_and_register(repo: Repository, request: etree._Element,
     """ProvideAndRegisterDocumentSetRequest -> RegistryResponse bytes."""
     staged: dict[str, StagedDocument] = {}   # DocumentEntry uniqueId -> staged bytes
     indexed: list[str] = []                  # uniqueIds with a STAGED index row
+    cda = CdaIntake.from_env()
     try:
         sor = request.find(f"{{{LCM}}}SubmitObjectsRequest")
         if sor is None:
@@ -141,7 +149,7 @@ def provide_and_register(repo: Repository, request: etree._Element,
         if errors:
             raise E.XdsErrors(errors)
         for de in sub.documents:
-            one, problems = _store_one(repo, de, documents[de.id], attachments)
+            one, problems = _store_one(repo, de, documents[de.id], attachments, cda)
             errors += problems
             if one is not None:
                 staged[de.unique_id] = one
@@ -152,13 +160,14 @@ def provide_and_register(repo: Repository, request: etree._Element,
         for uid in indexed:
             repo.store.commit(staged[uid])
         failpoints.hit("iti41.after_store")
-        warnings = repo.registry.register(sub, indexed)
+        warnings = cda.warnings + repo.registry.register(sub, indexed)
     except E.XdsErrors as failure:
         _undo(repo, staged, indexed)
         return E.registry_response(failure.errors)
     except BaseException:
         _undo(repo, staged, indexed)
         raise
+    cda.after_register(repo.engine)
     return E.registry_response(warnings)
 
 

@@ -110,6 +110,9 @@ class ServerProcess:
         self.home = Path(home) if home is not None else Path(tempfile.mkdtemp(prefix="opendmp-home-"))
         self.home.mkdir(parents=True, exist_ok=True)
         self.extra_env = dict(env or {})
+        # ATNA's syslog ports (6514/5514 by default) would collide between test servers.
+        self.extra_env.setdefault("OPENDMP_AUDIT_TLS_PORT", str(free_port(host)))
+        self.extra_env.setdefault("OPENDMP_AUDIT_UDP_PORT", str(free_port(host)))
         self.host = host
         self.port = port or free_port(host)
         self.python = python

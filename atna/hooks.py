@@ -1,0 +1,207 @@
+"""Auditing as a cross-cutting step: wrap the SOAP operations of the registry and the
+repository (and the repository's remote-registry gateway) so that every exchange emits
+its audit message, success or failure, without the actors knowing about ATNA.
+
+``audit_endpoint(endpoint, auditor)`` returns the endpoint with each operation's handler
+wrapped by the strategy of its ``wsa:Action``; a SOAP fault or an exception is audited as
+a serious failure and re-raised unchanged.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from dataclasses import replace
+from typing import Callable
+
+from lxml import etree
+
+from soapstack.envelope import SoapFault, SoapRequest, SoapResponse
+from soapstack.namespaces import RIM, WSA, XDSB
+from soapstack.wsgi import Operation, SoapEndpoint
+
+from . import events as ev
+from .auditor import Auditor
+
+log = logging.getLogger("opendmp.atna")
+
+ITI18 = "urn:ihe:iti:2007:RegistryStoredQuery"
+ITI42 = "urn:ihe:iti:2007:RegisterDocumentSet-b"
+ITI41 = "urn:ihe:iti:2007:ProvideAndRegisterDocumentSet-b"
+ITI43 = "urn:ihe:iti:2007:RetrieveDocumentSet"
+
+SS_PATIENT_ID = "urn:uuid:6b5aea1a-874d-4603-a4bc-96a0a7b38446"
+SS_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
+PATIENT_PARAMS = ("$XDSDocumentEntryPatientId", "$XDSSubmissionSetPatientId",
+                  "$XDSFolderPatientId", "$patientId")
+_STATUS = re.compile(rb'ResponseStatusType:(Success|PartialSuccess|Failure)')
+HOST = socket.gethostname()
+
+
+def _outcome_of(body: bytes | None) -> tuple[int, str | None]:
+    """Outcome from the RegistryResponse/AdhocQueryResponse status in the first bytes."""
+    if not body:
+        return ev.OUTCOME_SUCCESS, None
+    m = _STATUS.search(body[:4096])
+    status = m.group(1).decode() if m else "Success"
+    if status == "Success":
+        return ev.OUTCOME_SUCCESS, None
+    codes = sorted(set(re.findall(rb'errorCode="([^"]+)"', body[:65536])))
+    text = f"{status}: " + ", ".join(c.decode("utf-8", "replace") for c in codes)
+    return (ev.OUTCOME_MINOR if status == "PartialSuccess" else ev.OUTCOME_SERIOUS), text
+
+
+def _reply_to(request: SoapRequest) -> str | None:
+    if request.header is None:
+        return None
+    address = request.header.find(f"{{{WSA}}}ReplyTo/{{{WSA}}}Address")
+    return address.text.strip() if address is not None and address.text else None
+
+
+def submission_facts(payload: etree._Element) -> tuple[str | None, str | None]:
+    """(patient id, submission set uniqueId) of a SubmitObjectsRequest (or a PnR request)."""
+    patient = unique = None
+    for ext in payload.iter(f"{{{RIM}}}ExternalIdentifier"):
+        scheme = ext.get("identificationScheme")
+        if scheme == SS_PATIENT_ID and patient is None:
+            patient = ext.get("value")
+        elif scheme == SS_UNIQUE_ID and unique is None:
+            unique = ext.get("value")
+    return patient, unique
+
+
+def query_facts(payload: etree._Element) -> tuple[str, str | None, str | None]:
+    """(stored query id, patient id, homeCommunityId) of an AdhocQueryRequest."""
+    adhoc = payload.find(f"{{{RIM}}}AdhocQuery")
+    if adhoc is None:
+        return "", None, None
+    patient = None
+    for slot in adhoc.findall(f"{{{RIM}}}Slot"):
+        if slot.get("name") in PATIENT_PARAMS:
+            value = slot.findtext(f"{{{RIM}}}ValueList/{{{RIM}}}Value") or ""
+            value = value.strip().strip("()").strip().strip("'")
+            if value:
+                patient = value
+                break
+    return adhoc.get("id") or "", patient, adhoc.get("home")
+
+
+def retrieve_facts(payload: etree._Element) -> list[tuple[str, str, str | None]]:
+    out = []
+    for dr in payload.findall(f"{{{XDSB}}}DocumentRequest"):
+        out.append(((dr.findtext(f"{{{XDSB}}}DocumentUniqueId") or "").strip(),
+                    (dr.findtext(f"{{{XDSB}}}RepositoryUniqueId") or "").strip(),
+                    (dr.findtext(f"{{{XDSB}}}HomeCommunityId") or "").strip() or None))
+    return out
+
+
+def _body_bytes(response: SoapResponse) -> bytes | None:
+    return response.body if isinstance(response.body, (bytes, bytearray)) else None
+
+
+#: (request, exchange, outcome, description) -> a function building the dataset. The
+#: strategy copies what it needs from the request in the request's thread; the returned
+#: function runs later, in the auditor's background thread.
+Strategy = Callable[[SoapRequest, ev.Exchange, int, str | None], Callable[[], ev.AuditDataset]]
+
+
+def _iti18(request: SoapRequest, x: ev.Exchange, outcome: int, text: str | None):
+    query_id, patient, home = query_facts(request.payload)
+    body = etree.tostring(request.payload, encoding="UTF-8")
+    return lambda: ev.iti18_registry(x, outcome, body, query_id, patient, home, text)
+
+
+def _import(tx: str) -> Strategy:
+    def strategy(request, x, outcome, text):
+        patient, unique = submission_facts(request.payload)
+        return lambda: ev.import_event(tx, x, outcome, patient, unique, text)
+    return strategy
+
+
+def _iti43(request, x, outcome, text):
+    documents = retrieve_facts(request.payload)
+    return lambda: ev.iti43_repository(x, outcome, documents, text)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    ITI18: _iti18,
+    ITI42: _import("ITI-42"),
+    ITI41: _import("ITI-41"),
+    ITI43: _iti43,
+}
+
+
+def _wrap(op: Operation, strategy: Strategy, auditor: Auditor, path: str) -> Operation:
+    handler = op.handler
+
+    def audited(request: SoapRequest) -> SoapResponse:
+        try:
+            response = handler(request)
+        except SoapFault as fault:
+            _emit(request, strategy, auditor, path, ev.OUTCOME_SERIOUS, f"SOAP fault: {fault.reason}")
+            raise
+        except Exception as exc:
+            _emit(request, strategy, auditor, path, ev.OUTCOME_MAJOR,
+                  f"internal error: {type(exc).__name__}")
+            raise
+        outcome, text = _outcome_of(_body_bytes(response))
+        _emit(request, strategy, auditor, path, outcome, text)
+        return response
+
+    return replace(op, handler=audited)
+
+
+def _emit(request: SoapRequest, strategy: Strategy, auditor: Auditor, path: str, outcome: int,
+          text: str | None) -> None:
+    try:
+        x = ev.Exchange(client_reply_to=_reply_to(request), client_address=request.remote_addr,
+                        client_subject=request.peer_subject,
+                        endpoint_url=request.to or path,
+                        server_host=HOST)
+        auditor.submit(strategy(request, x, outcome, text))
+    except Exception:  # noqa: BLE001 - never break the transaction
+        log.exception("could not build the audit message of %s", request.action)
+
+
+def audit_endpoint(endpoint: SoapEndpoint, auditor: Auditor) -> SoapEndpoint:
+    """``endpoint`` with every operation we have a strategy for audited."""
+    if not auditor.enabled:
+        return endpoint
+    ops = [_wrap(op, STRATEGIES[op.action], auditor, endpoint.path) if op.action in STRATEGIES else op
+           for op in endpoint.operations]
+    return SoapEndpoint(endpoint.path, ops, wsdl=endpoint.wsdl)
+
+
+class AuditedRegistryGateway:
+    """The repository's remote-registry gateway, auditing ITI-42 as its source (export)."""
+
+    def __init__(self, inner, registry_url: str, auditor: Auditor) -> None:
+        self.inner = inner
+        self.registry_url = registry_url
+        self.auditor = auditor
+
+    def register(self, sub, unique_ids):
+        from registry.errors import XdsErrors
+
+        ss = sub.submission_set
+        patient = ss.patient_id if ss is not None else None
+        unique = ss.unique_id if ss is not None else None
+        try:
+            warnings = self.inner.register(sub, unique_ids)
+        except XdsErrors as exc:
+            codes = ", ".join(sorted({e.code for e in exc.errors}))
+            self.auditor.submit(lambda: ev.iti42_export(self.registry_url, ev.OUTCOME_SERIOUS,
+                                                        patient, unique, f"Failure: {codes}"))
+            raise
+        except Exception as exc:
+            name = type(exc).__name__
+            self.auditor.submit(lambda: ev.iti42_export(self.registry_url, ev.OUTCOME_MAJOR, patient,
+                                                        unique, f"internal error: {name}"))
+            raise
+        self.auditor.submit(lambda: ev.iti42_export(self.registry_url, ev.OUTCOME_SUCCESS,
+                                                    patient, unique))
+        return warnings
+
+    def is_registered(self, unique_id: str) -> bool:
+        return self.inner.is_registered(unique_id)
+

@@ -1,0 +1,241 @@
+"""The DICOM PS3.15 Annex A.5 audit message (and its RFC 3881 ancestor) as a typed record.
+
+``parse_audit(xml)`` reads an ``AuditMessage`` into an :class:`AuditRecord` whose fields are
+the ones the repository indexes (event, outcome, time, active participants, source, patient
+ids, document and submission set ids) and validates it against the DICOM schema
+(``schemas/audit/dicom2017c.xsd``). The RFC 3881 form (``code``/``displayName`` attributes
+instead of DICOM's ``csd-code``/``originalText``) is read the same way; such messages do not
+validate against the DICOM schema, and are kept with ``schema_errors`` set (see
+:mod:`atna.receiver` for the policy: an ARR keeps every audit message it can read).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+
+from lxml import etree
+
+from soapstack.xml import XmlRejected, parse_xml
+
+SCHEMA = Path(__file__).resolve().parents[1] / "schemas" / "audit" / "dicom2017c.xsd"
+
+#: ParticipantObjectTypeCode / ...TypeCodeRole values (DICOM PS3.15 A.5.3, RFC 3881 §5.5).
+PO_PERSON, PO_SYSTEM = "1", "2"
+ROLE_PATIENT, ROLE_REPORT, ROLE_JOB, ROLE_QUERY = "1", "3", "20", "24"
+#: ParticipantObjectIDTypeCode of an XDS SubmissionSet (ITI TF-2b §3.42.6.1.1).
+SUBMISSION_SET_CLASS = "urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd"
+
+
+class NotAnAuditMessage(ValueError):
+    """The payload is not an XML ``AuditMessage`` at all (a non-audit syslog payload)."""
+
+
+@dataclass(frozen=True)
+class Code:
+    code: str
+    system: str | None = None
+    display: str | None = None
+
+
+@dataclass(frozen=True)
+class Participant:
+    user_id: str
+    alt_user_id: str | None
+    user_name: str | None
+    is_requestor: bool
+    roles: tuple[Code, ...]
+    network_access_point: str | None
+    network_access_point_type: str | None
+
+
+@dataclass(frozen=True)
+class ParticipantObject:
+    object_id: str
+    type_code: str | None
+    role: str | None
+    id_type: Code | None
+    name: str | None
+    query: str | None
+    details: tuple[tuple[str, str], ...]
+
+
+@dataclass
+class AuditRecord:
+    event_id: Code
+    action: str | None
+    outcome: int
+    #: event time, microseconds since the epoch (UTC); a time without offset is taken as UTC.
+    event_time: int
+    event_types: tuple[Code, ...]
+    purposes: tuple[Code, ...]
+    participants: tuple[Participant, ...]
+    source_id: str | None
+    source_site: str | None
+    source_types: tuple[str, ...]
+    objects: tuple[ParticipantObject, ...]
+    xml: bytes
+    #: first schema errors (empty when valid against the DICOM schema).
+    schema_errors: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.schema_errors
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return [o.object_id for o in self.objects
+                if o.type_code == PO_PERSON and o.role == ROLE_PATIENT]
+
+    @property
+    def document_ids(self) -> list[str]:
+        return [o.object_id for o in self.objects
+                if o.type_code == PO_SYSTEM and o.role == ROLE_REPORT]
+
+    @property
+    def submission_set_ids(self) -> list[str]:
+        return [o.object_id for o in self.objects
+                if o.role == ROLE_JOB or (o.id_type and o.id_type.code == SUBMISSION_SET_CLASS)]
+
+    @property
+    def user_ids(self) -> list[str]:
+        out = []
+        for p in self.participants:
+            out.append(p.user_id)
+            if p.alt_user_id:
+                out.append(p.alt_user_id)
+        return out
+
+
+@lru_cache(maxsize=1)
+def _schema() -> etree.XMLSchema:
+    return etree.XMLSchema(etree.parse(str(SCHEMA)))
+
+
+def schema_errors(root: etree._Element, limit: int = 50) -> list[str]:
+    schema = _schema()
+    if schema.validate(root):
+        return []
+    return [f"line {e.line}: {e.message}" for e in list(schema.error_log)[:limit]]
+
+
+def _code(el: etree._Element | None) -> Code | None:
+    if el is None:
+        return None
+    code = el.get("csd-code") or el.get("code") or (el.text or "").strip()
+    return Code(code, el.get("codeSystemName") or el.get("codeSystem"),
+                el.get("originalText") or el.get("displayName"))
+
+
+def parse_time(value: str | None) -> int:
+    """xs:dateTime to microseconds since the epoch (UTC); any fraction length accepted."""
+    if not value:
+        raise ValueError("EventDateTime is missing")
+    v = value.strip().replace("z", "Z")
+    if v.endswith("Z"):
+        v = v[:-1] + "+00:00"
+    # Python < 3.11-safe: cut fractions to microseconds (IPF sends nanoseconds).
+    if "." in v:
+        head, _, tail = v.partition(".")
+        digits = ""
+        while tail and tail[0].isdigit():
+            digits, tail = digits + tail[0], tail[1:]
+        v = f"{head}.{(digits + '000000')[:6]}{tail}"
+    dt = datetime.fromisoformat(v)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp()) * 1_000_000 + dt.microsecond
+
+
+def _bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "1")
+
+
+def _local(tag) -> str:
+    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
+
+
+def _codes(el: etree._Element, name: str) -> tuple[Code, ...]:
+    return tuple(c for c in (_code(t) for t in el if _local(t.tag) == name) if c)
+
+
+def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
+    """Read an audit message; raises :class:`NotAnAuditMessage` for anything else.
+
+    One pass over the root's children (this runs for every message the ARR receives)."""
+    try:
+        root = parse_xml(data)
+    except XmlRejected as exc:
+        raise NotAnAuditMessage(str(exc)) from None
+    if _local(root.tag) != "AuditMessage":
+        raise NotAnAuditMessage(f"root element is {_local(root.tag)}, not AuditMessage")
+
+    ei = src = None
+    participants: list[Participant] = []
+    objects: list[ParticipantObject] = []
+    for child in root:
+        name = _local(child.tag)
+        if name == "EventIdentification":
+            ei = child
+        elif name == "ActiveParticipant":
+            get = child.get
+            participants.append(Participant(
+                user_id=get("UserID") or "",
+                alt_user_id=get("AlternativeUserID"),
+                user_name=get("UserName"),
+                is_requestor=_bool(get("UserIsRequestor")),
+                roles=_codes(child, "RoleIDCode"),
+                network_access_point=get("NetworkAccessPointID"),
+                network_access_point_type=get("NetworkAccessPointTypeCode"),
+            ))
+        elif name == "AuditSourceIdentification":
+            src = child
+        elif name == "ParticipantObjectIdentification":
+            id_type = query = po_name = None
+            details = []
+            for sub in child:
+                sname = _local(sub.tag)
+                if sname == "ParticipantObjectIDTypeCode":
+                    id_type = _code(sub)
+                elif sname == "ParticipantObjectQuery":
+                    query = (sub.text or "").strip()
+                elif sname == "ParticipantObjectName":
+                    po_name = sub.text
+                elif sname == "ParticipantObjectDetail":
+                    details.append((sub.get("type") or "", sub.get("value") or ""))
+            objects.append(ParticipantObject(
+                object_id=child.get("ParticipantObjectID") or "",
+                type_code=child.get("ParticipantObjectTypeCode"),
+                role=child.get("ParticipantObjectTypeCodeRole"),
+                id_type=id_type, name=po_name, query=query, details=tuple(details)))
+
+    if ei is None:
+        raise NotAnAuditMessage("AuditMessage without EventIdentification")
+    event_ids = _codes(ei, "EventID")
+    if not event_ids or not event_ids[0].code:
+        raise NotAnAuditMessage("AuditMessage without EventID")
+    try:
+        event_time = parse_time(ei.get("EventDateTime"))
+    except ValueError as exc:
+        raise NotAnAuditMessage(f"EventDateTime: {exc}") from None
+    try:
+        outcome = int(ei.get("EventOutcomeIndicator") or 0)
+    except ValueError:
+        outcome = -1
+
+    return AuditRecord(
+        event_id=event_ids[0],
+        action=ei.get("EventActionCode"),
+        outcome=outcome,
+        event_time=event_time,
+        event_types=_codes(ei, "EventTypeCode"),
+        purposes=_codes(ei, "PurposeOfUse"),
+        participants=tuple(participants),
+        source_id=src.get("AuditSourceID") if src is not None else None,
+        source_site=src.get("AuditEnterpriseSiteID") if src is not None else None,
+        source_types=tuple(c.code for c in _codes(src, "AuditSourceTypeCode")) if src is not None else (),
+        objects=tuple(objects),
+        xml=data,
+        schema_errors=schema_errors(root) if validate else [],
+    )

@@ -1,0 +1,1159 @@
+"""Document Repository benchmark: ITI-41 and ITI-43 through the real server.
+
+    python -m benchmarks.repository [--seconds 10] [--clients 4] [--db sqlite|postgresql]
+        [--workers 2] [--threads 4] [--large 50,200] [--json FILE] [--profile DIR]
+
+Starts the real server (gunicorn, tests/harness ServerProcess) on a durable PostgreSQL
+(benchmarks.pg, the registry benchmark's cluster: fsync and synchronous_commit on) or
+on SQLite, pre-registers patients, and measures for three documents:
+
+- 10 KB: a real ANS CDA (VAC-NOTE_2023.01.xml) without its comments and last entries;
+- 140 KB: the median French CDA size: a real ANS CDA
+  (BIO-CR-BIO_2024.01_Glycemie_deux_unites_principales_mole_masse.xml, 136,412 bytes)
+  with an XML comment up to 140 KiB;
+- 5 MB: a real ANS CDA level 1 (DOC_NON_STRUCTURE_CDA-R2-N1.xml, an embedded base64
+  PDF) whose base64 text is padded with random base64 up to 5 MiB.
+
+Each is a template: its ``id`` becomes the DocumentEntry uniqueId and its recordTarget
+the submission's patient, and the DocumentEntry takes the header's typeCode,
+effectiveTime, confidentialityCode and author, so header and metadata agree (the
+repository may cross-check them). No hash is sent (the repository computes it).
+
+1. ITI-41 documents/s: one document per submission, MTOM, sent by the product's source
+   (``repository.source.provide_and_register_request`` + ``SoapClient.call``, i.e.
+   ``provide_and_register`` with the timer started once the metadata is built), one
+   keep-alive httpx client per client, a random pre-registered patient per submission;
+   first 1 client (latency), then ``--clients`` concurrent clients (throughput);
+2. ITI-43 retrieves/s of random documents among those stored in (1), same two runs,
+   with ``repository.source.retrieve``;
+3. the floor of ITI-41 for the same bytes, in-process, in the same run: lxml parse of the
+   request's root SOAP part + SHA-1 of the document + AES-256-GCM of the document
+   (cryptography AESGCM, one call) + write and one fsync of a file of that size in the
+   server's home + one ``registry.store.insert_objects`` of the submission's rows (its
+   DocumentEntry, SubmissionSet and HasMember) in one transaction on the same database;
+   the table gives the mean ITI-41 latency (1 client) divided by the floor;
+4. peak RSS of the gunicorn worker for a 50 MB and a 200 MB document in (ITI-41) and
+   out (ITI-43), the server restarted with one worker (benchmarks/rss.py: VmHWM reset
+   before each request and VmRSS polled every 20 ms).
+
+Clients are forked processes (the GIL would otherwise cap the generator), closed loop,
+on the same machine; CPU shares are sampled as in benchmarks.registry. Prints one
+markdown table and the machine facts; asserts nothing about timings. See
+benchmarks/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from lxml import etree
+
+import benchmarks  # noqa: F401  (tests/ on sys.path)
+import factory as F
+from harness import ServerProcess, free_port
+from opendmp.db import make_engine, migrate, write_transaction
+from registry import store
+from registry import vocabulary as V
+from registry.hl7types import parse_cx
+from registry.iti42 import assign_uuids
+from registry.model import Association
+from repository.source import (
+    ITI41_ACTION,
+    ITI43_ACTION,
+    DocumentContent,
+    provide_and_register_request,
+    retrieve,
+    retrieve_request,
+)
+from soapstack.client import SoapClient, build_envelope
+from soapstack.mtom import xop_attachment
+from soapstack.namespaces import RS, XDSB
+
+from . import profile as P
+from . import rss
+from .registry import machine_facts
+
+KIB, MIB = 1024, 1024 * 1024
+CORPUS = benchmarks.ROOT.parent / "shared" / "corpus" / "messages" / "cda" / "ans-ci-sis"
+TARGETS = ">= 300 ITI-41/s (10 KB), >= 1,200 ITI-43/s, ITI-41 / floor < 3, " \
+          "worker RSS < 64 MB and flat with document size"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.repository", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10, help="measured seconds per phase")
+    p.add_argument("--warmup", type=float, default=1, help="unmeasured seconds before each phase")
+    p.add_argument("--clients", type=int, default=4,
+                   help="concurrent client processes of the throughput runs (default 4)")
+    p.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
+    p.add_argument("--workers", type=int, default=2, help="gunicorn workers (product default 2)")
+    p.add_argument("--threads", type=int, default=4, help="threads per worker (product default 4)")
+    p.add_argument("--patients", type=int, default=200, help="pre-registered patients")
+    p.add_argument("--sizes", default="10 KB,140 KB,5 MB",
+                   help="which of the three documents to measure (default all)")
+    p.add_argument("--large", default="50,200",
+                   help="document sizes in MB (MiB) of the worker-RSS runs (default 50,200)")
+    p.add_argument("--floor-seconds", type=float, default=3,
+                   help="time spent measuring the floor per size (at least 3 repetitions)")
+    p.add_argument("--retries", type=int, default=2,
+                   help="re-run a measurement during which other processes used more than "
+                        f"{FOREIGN_LIMIT:g}%% of the machine, up to this many times (default 2)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    p.add_argument("--profile", metavar="DIR",
+                   help="record py-spy profiles of the workers during the throughput runs "
+                        "into DIR (needs py-spy; see benchmarks/profile.py)")
+    p.add_argument("--keep", action="store_true", help="keep the server home (documents, "
+                   "log) at the end; PostgreSQL is stopped either way")
+    a = p.parse_args(argv)
+    a.large = [int(x) for x in a.large.split(",") if x.strip()]
+    a.sizes = [x.strip() for x in a.sizes.split(",") if x.strip()]
+    if a.profile and P.py_spy() is None:
+        p.error("--profile needs py-spy on PATH or PY_SPY=/path/to/py-spy")
+    return a
+
+
+# ----------------------------------------------------------------- documents
+
+
+V3 = "urn:hl7-org:v3"
+_NS = {"v3": V3}
+INS_NIR = F.INS_NIR
+#: written into the CDA templates, replaced per submission (patient INS, document id)
+SENTINEL_NIR = "199129999999940"
+SENTINEL_DOC_OID = "1.2.250.1.999.123456789.987654321.1"
+
+
+@dataclass
+class Document:
+    """A real ANS CDA turned into a template: its recordTarget id is the submission's
+    patient (INS-NIR) and its ``id`` the DocumentEntry uniqueId, so the header agrees with
+    the metadata (which the repository may cross-check); everything else is the original.
+    ``render`` gives the chunks of one instance without copying the body."""
+
+    label: str
+    parts: tuple[bytes, bytes, bytes]     # before the document id, between, after the patient
+    mime_type: str
+    origin: str
+    kind: dict                            # classCode/typeCode/formatCode for tests/factory
+    creation_time: str                    # the header's effectiveTime in UTC (DTM)
+    confidentiality: tuple[str, str]
+    author_id: str | None
+
+    def render(self, nir: str, unique_id: str) -> list[bytes]:
+        a, b, c = self.parts
+        return [a, unique_id.encode(), b, nir.encode(), c]
+
+    @property
+    def size(self) -> int:
+        return sum(map(len, self.parts)) + len(SENTINEL_NIR) + len(SENTINEL_DOC_OID)
+
+    @property
+    def content(self) -> bytes:
+        """One instance (the sentinels' lengths: the nominal size)."""
+        return b"".join(self.render(SENTINEL_NIR, SENTINEL_DOC_OID))
+
+    def entry_fields(self) -> dict:
+        """DocumentEntry attributes taken from the CDA header (tests/factory overrides)."""
+        code, scheme = self.confidentiality
+        out = dict(kind=self.kind, creation_time=self.creation_time,
+                   confidentiality_codes=[F.code(code, scheme, code)])
+        if self.author_id:
+            a = F.author()
+            a.person = f"{self.author_id}^{a.person.split('^', 1)[1]}"
+            out["authors"] = [a]
+        return out
+
+
+def _utc_dtm(ts: str) -> str:
+    """HL7 TS with a zone offset (``20240401171000+0100``) -> UTC DTM (``20240401161000``)."""
+    if len(ts) > 14 and ts[-5] in "+-":
+        when = dt.datetime.strptime(ts[:14], "%Y%m%d%H%M%S")
+        sign = 1 if ts[-5] == "+" else -1
+        when -= sign * dt.timedelta(hours=int(ts[-4:-2]), minutes=int(ts[-2:]))
+        return when.strftime("%Y%m%d%H%M%S")
+    return ts[:14]
+
+
+def _trim(root: etree._Element, size: int) -> None:
+    """Drop comments, then clinical entries from the end, until the document fits ``size``."""
+    for c in root.xpath("//comment()"):
+        if c.getparent() is not None:
+            c.getparent().remove(c)
+    while len(etree.tostring(root)) > size - 300:
+        entries = root.xpath("//v3:entry", namespaces=_NS) or root.xpath(
+            "v3:component/v3:structuredBody/v3:component", namespaces=_NS)
+        if not entries:
+            break
+        entries[-1].getparent().remove(entries[-1])
+
+
+def cda_template(path: Path, label: str, size: int | None, kind: dict, origin: str,
+                 rng: random.Random) -> Document:
+    """``path`` as a template of about ``size`` bytes (None: as it is); smaller by dropping
+    comments and entries, larger by random base64 in its nonXMLBody text."""
+    root = etree.fromstring(path.read_bytes(), etree.XMLParser(resolve_entities=False,
+                                                               no_network=True))
+    tree = root.getroottree()
+    if size is not None and size < len(etree.tostring(tree, xml_declaration=True,
+                                                      encoding="UTF-8")):
+        _trim(root, size)
+    doc_id = root.find("v3:id", _NS)
+    doc_id.attrib.clear()
+    doc_id.set("root", SENTINEL_DOC_OID)
+    role = root.find("v3:recordTarget/v3:patientRole", _NS)
+    for old in role.findall("v3:id", _NS):
+        role.remove(old)
+    ins = etree.Element(f"{{{V3}}}id", root=INS_NIR, extension=SENTINEL_NIR)
+    role.insert(0, ins)
+    author = root.find("v3:author/v3:assignedAuthor/v3:id", _NS)
+    data = etree.tostring(tree, xml_declaration=True, encoding="UTF-8")
+    if size is not None and len(data) < size:
+        missing = size - len(data)
+        if root.find("v3:component/v3:nonXMLBody/v3:text", _NS) is not None:
+            at = data.index(b"</text>")
+            data = data[:at] + base64.b64encode(rng.randbytes(missing))[:missing] + data[at:]
+        else:
+            at = data.rindex(b"</ClinicalDocument>")
+            data = data[:at] + b"<!--" + b"." * max(0, missing - 7) + b"-->" + data[at:]
+    nir_at, uid_at = data.find(SENTINEL_NIR.encode()), data.find(SENTINEL_DOC_OID.encode())
+    assert data.count(SENTINEL_NIR.encode()) == 1 and data.count(SENTINEL_DOC_OID.encode()) == 1
+    if not uid_at < nir_at:  # the CDA order: the document id, then recordTarget
+        raise ValueError(f"{path.name}: expected the document id before the recordTarget")
+    a = data[:uid_at]
+    b = data[uid_at + len(SENTINEL_DOC_OID):nir_at]
+    c = data[nir_at + len(SENTINEL_NIR):]
+    eff = root.find("v3:effectiveTime", _NS).get("value")
+    conf = root.find("v3:confidentialityCode", _NS)
+    return Document(label, (a, b, c), "text/xml", origin, kind, _utc_dtm(eff),
+                    (conf.get("code"), conf.get("codeSystem")),
+                    author.get("extension") if author is not None else None)
+
+
+def documents(seed: int) -> list[Document]:
+    rng = random.Random(seed)
+    median = "BIO-CR-BIO_2024.01_Glycemie_deux_unites_principales_mole_masse.xml"
+    vac = dict(F.VACCINATION, class_code=F.code("52", "1.2.250.1.213.1.1.4.1",
+                                                "Certificat, déclaration"))
+    pdf = dict(F.CR_BIO, format_code=F.code("urn:ihe:iti:xds-sd:pdf:2008",
+                                            "1.3.6.1.4.1.19376.1.2.3",
+                                            "Document à corps non structuré en Pdf/A-1"))
+    return [
+        cda_template(CORPUS / "VAC-NOTE_2023.01.xml", "10 KB", 10 * KIB, vac,
+                     "ANS VAC-NOTE_2023.01.xml without its comments and last entries",
+                     rng),
+        cda_template(CORPUS / median, "140 KB", 140 * KIB, F.CR_BIO,
+                     f"ANS {median} (136,412 bytes) + an XML comment up to 140 KiB", rng),
+        cda_template(CORPUS / "DOC_NON_STRUCTURE_CDA-R2-N1.xml", "5 MB", 5 * MIB, pdf,
+                     "ANS DOC_NON_STRUCTURE_CDA-R2-N1.xml (CDA level 1, base64 PDF) padded "
+                     "to 5 MiB in its nonXMLBody", rng),
+    ]
+
+
+def submission(patient: str, unique_id: str, ss_unique_id: str, size: int | None,
+               mime_type: str, doc: Document | None = None):
+    """One DocumentEntry + its SubmissionSet + HasMember (tests/factory), with the given
+    uniqueIds and, for a CDA, the header's codes, time and author; no hash (the repository
+    computes it), ``size`` when given."""
+    fields = doc.entry_fields() if doc is not None else {}
+    sub = F.submission(patient, content=b"", hash=None, size=None if size is None else str(size),
+                       mime_type=mime_type, repository_unique_id=None, **fields)
+    sub.documents[0].unique_id = unique_id
+    sub.submission_set.unique_id = ss_unique_id
+    return sub
+
+
+def registry_error(response: etree._Element) -> str | None:
+    """None for a Success RegistryResponse, else its status and error codes."""
+    status = response.get("status") or ""
+    if status.endswith(":Success"):
+        return None
+    errors = list(response.iter(f"{{{RS}}}RegistryError"))
+    codes = sorted({e.get("errorCode") or "?" for e in errors})
+    first = (errors[0].get("codeContext") or "")[:300] if errors else ""
+    return f"{status.rsplit(':', 1)[-1] or 'no status'}: {', '.join(codes)} ({first})"
+
+
+# ----------------------------------------------------------------- load generator
+
+
+@dataclass
+class Iti41Job:
+    """ITI-41 of a fresh one-document submission for a random pre-registered patient."""
+
+    url: str
+    patients: list[str]
+    doc: Document
+    uid_root: str
+    name: str = "ITI-41"
+
+    def prepare(self, rng: random.Random, client: int, i: int):
+        base = f"{self.uid_root}.{client}.{i}"
+        patient = self.patients[rng.randrange(len(self.patients))]
+        chunks = self.doc.render(patient.split("^", 1)[0], base + ".1")
+        size = sum(map(len, chunks))
+        sub = submission(patient, base + ".1", base + ".2", size, self.doc.mime_type, self.doc)
+        body, attachments = provide_and_register_request(sub, {sub.documents[0].id: (
+            DocumentContent(self.doc.mime_type, size, chunks))})
+        return base + ".1", (body, attachments)
+
+    def send(self, soap: SoapClient, prepared) -> str | None:
+        body, attachments = prepared
+        return registry_error(soap.call(ITI41_ACTION, body, attachments=attachments).payload)
+
+
+@dataclass
+class Iti43Job:
+    """ITI-43 of one random document among ``uids`` (all of ``size`` bytes)."""
+
+    url: str
+    repository_unique_id: str
+    uids: list[str]
+    size: int
+    name: str = "ITI-43"
+
+    def prepare(self, rng: random.Random, client: int, i: int):
+        return None, self.uids[rng.randrange(len(self.uids))]
+
+    def send(self, soap: SoapClient, uid: str) -> str | None:
+        response, docs = retrieve(soap, self.repository_unique_id, [uid])
+        error = registry_error(response)
+        # sizes differ from the nominal one by the length of the patient id and uniqueId
+        if error is None and (len(docs) != 1 or abs(len(docs[0].content) - self.size) > 64):
+            error = f"got {[len(d.content) for d in docs]} bytes, expected ~[{self.size}]"
+        return error
+
+
+@dataclass
+class Phase:
+    name: str
+    clients: int
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    error_sample: str = ""
+    client_cpu_s: float = 0.0
+    cpu: dict = field(default_factory=dict)
+    #: uniqueIds of the documents stored (ITI-41), warm-up included
+    stored: list[str] = field(default_factory=list)
+    #: rates of earlier attempts discarded because other processes used the machine
+    discarded: list[float] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.latencies)
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        """Latency percentile in ms (nearest rank)."""
+        if not self.latencies:
+            return float("nan")
+        lat = sorted(self.latencies)
+        return 1000 * lat[min(len(lat) - 1, max(0, int(round(q * len(lat))) - 1))]
+
+    @property
+    def mean_ms(self) -> float:
+        return 1000 * statistics.fmean(self.latencies) if self.latencies else float("nan")
+
+    @property
+    def disturbed(self) -> bool:
+        return self.cpu.get("foreign", 0.0) > FOREIGN_LIMIT
+
+
+_JOB = None
+
+
+def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
+                 warmup: float) -> None:
+    job = _JOB
+    rng = random.Random(seed)
+    soap = SoapClient(job.url, timeout=600)
+    lat: list[float] = []
+    stored: list[str] = []
+    errors, sample, i, cpu0 = 0, "", 0, None
+    try:
+        while time.monotonic() < t_start - warmup:
+            time.sleep(0.005)
+        while True:
+            key, prepared = job.prepare(rng, seed, i)  # seed: unique per client and run
+            i += 1
+            t0 = time.monotonic()
+            if t0 >= t_end:
+                break
+            if cpu0 is None and t0 >= t_start:
+                cpu0 = time.process_time()
+            try:
+                error = job.send(soap, prepared)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                error = f"{type(exc).__name__}: {exc}"[:600]
+            t1 = time.monotonic()
+            if error is None and key is not None:
+                stored.append(key)
+            if t0 < t_start or t1 > t_end:  # warm-up, or finished after the window
+                continue
+            if error is None:
+                lat.append(t1 - t0)
+            else:
+                errors += 1
+                sample = sample or error
+    finally:
+        soap.close()
+    cpu = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
+    conn.send((lat, errors, sample, stored, cpu))
+    conn.close()
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+#: a run during which other processes used more than this % of the machine is re-run
+FOREIGN_LIMIT = 10.0
+
+
+def _proc_stat(pid: int) -> tuple[int, int, int] | None:
+    """(ppid, pgrp, utime+stime ticks) of a process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    total = sum(vals[:8])
+    return total - vals[3] - vals[4], total
+
+
+@dataclass
+class CpuSample:
+    """CPU ticks of the machine, of the server's process group, of PostgreSQL, and of
+    every other process (``others``: other sessions on the machine, kernel threads)."""
+
+    busy: int
+    total: int
+    server: int
+    postgres: int
+    others: dict[int, int]
+
+    @classmethod
+    def take(cls, server_pgid: int, postmaster: int | None, exclude: frozenset[int]
+             ) -> "CpuSample":
+        busy, total = _machine_ticks()
+        server = pg = 0
+        others: dict[int, int] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            st = _proc_stat(pid)
+            if st is None:
+                continue
+            ppid, pgrp, ticks = st
+            if pgrp == server_pgid:
+                server += ticks
+            elif postmaster is not None and (pid == postmaster or ppid == postmaster):
+                pg += ticks
+            elif pid not in exclude:
+                others[pid] = ticks
+        return cls(busy, total, server, pg, others)
+
+
+def machine_busy(seconds: float = 0.5) -> float:
+    """% of all CPUs busy over the next ``seconds``."""
+    b0, t0 = _machine_ticks()
+    time.sleep(seconds)
+    b1, t1 = _machine_ticks()
+    return 100.0 * (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_quiet(limit: float = 15.0, timeout: float = 120.0) -> float:
+    """Wait (up to ``timeout`` s) until the machine is below ``limit`` % busy (between
+    runs only the idle server and database are ours); return the last reading."""
+    deadline = time.monotonic() + timeout
+    busy = machine_busy()
+    while busy > limit and time.monotonic() < deadline:
+        busy = machine_busy()
+    return busy
+
+
+def run_phase(job, clients: int, seconds: float, warmup: float, server_pgid: int,
+              postmaster: int | None, seed: int) -> Phase:
+    """``clients`` forked processes, closed loop, ``seconds`` measured after ``warmup``
+    (the protocol of benchmarks.client.run_phase), with the CPU split of the window."""
+    global _JOB
+    _JOB = job
+    ctx = mp.get_context("fork")
+    t_start = time.monotonic() + 0.5 + warmup
+    t_end = t_start + seconds
+    procs, pipes = [], []
+    for c in range(clients):
+        parent, child = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_client_main,
+                        args=(child, c, seed * 1000 + c, t_start, t_end, warmup), daemon=True)
+        p.start()
+        child.close()
+        procs.append(p)
+        pipes.append(parent)
+    mine = frozenset([os.getpid(), *(p.pid for p in procs)])
+    time.sleep(max(0.0, t_start - time.monotonic()))
+    before = CpuSample.take(server_pgid, postmaster, mine)
+    time.sleep(max(0.0, t_end - time.monotonic()))
+    after = CpuSample.take(server_pgid, postmaster, mine)
+    res = Phase(job.name, clients, seconds)
+    for parent in pipes:
+        lat, errors, sample, stored, cpu = parent.recv()
+        res.latencies += lat
+        res.errors += errors
+        res.error_sample = res.error_sample or sample
+        res.stored += stored
+        res.client_cpu_s += cpu
+    for p in procs:
+        p.join(60)
+    wall_ticks = seconds * _TICK * (os.cpu_count() or 1)
+
+    def share(ticks: float) -> float:
+        return 100.0 * ticks / wall_ticks
+
+    others = {pid: t - before.others[pid] for pid, t in after.others.items()
+              if pid in before.others and t > before.others[pid]}
+    res.cpu = {
+        "machine": 100.0 * (after.busy - before.busy) / max(1, after.total - before.total),
+        "server": share(after.server - before.server),
+        "postgres": share(after.postgres - before.postgres),
+        "clients": share(res.client_cpu_s * _TICK),
+        "others": share(sum(others.values())),
+    }
+    # what neither the benchmark nor the product used: other sessions, kernel, interrupts
+    res.cpu["foreign"] = max(0.0, res.cpu["machine"] - res.cpu["clients"] - res.cpu["server"]
+                             - res.cpu["postgres"])
+    _JOB = None
+    return res
+
+
+# ----------------------------------------------------------------- the floor
+
+
+@dataclass
+class Floor:
+    parse: list[float] = field(default_factory=list)
+    sha1: list[float] = field(default_factory=list)
+    aes: list[float] = field(default_factory=list)
+    fsync: list[float] = field(default_factory=list)
+    insert: list[float] = field(default_factory=list)
+
+    PARTS = ("parse", "sha1", "aes", "fsync", "insert")
+
+    def mean_ms(self, part: str | None = None) -> float:
+        if part is not None:
+            return 1000 * statistics.fmean(getattr(self, part))
+        return sum(self.mean_ms(p) for p in self.PARTS)
+
+    @property
+    def repetitions(self) -> int:
+        return len(self.parse)
+
+
+_SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                               huge_tree=False, collect_ids=False)
+
+
+def _rows_for_insert(patient_cx: str, patient_pk: int, uid_base: str) -> list:
+    """The rows register_submission would insert for a one-document submission."""
+    sub = submission(patient_cx, uid_base + ".1", uid_base + ".2", None, "text/xml")
+    assign_uuids(sub)
+    for obj in sub.objects():
+        obj.status = V.APPROVED
+        obj.home = None
+    for obj in [*sub.documents, *sub.submission_sets]:
+        obj.lid, obj.version = obj.id, "1"
+    de = sub.documents[0]
+    de.hash, de.size, de.repository_unique_id = "0" * 40, "0", "1.2.250.1.999.1.1"
+    return [(o, None if isinstance(o, Association) else patient_pk) for o in sub.objects()]
+
+
+def measure_floor(engine, endpoint: str, doc: Document, work_dir: Path, patient_cx: str,
+                  patient_pk: int, uid_root: str, seconds: float, content: bytes | None = None
+                  ) -> Floor:
+    """Time the floor's five steps on ``doc``'s bytes (or ``content``), repeated for about
+    ``seconds`` (at least 3 times)."""
+    content = doc.content if content is None else content
+    sub = submission(patient_cx, uid_root + ".0.1", uid_root + ".0.2", len(content),
+                     doc.mime_type, doc)
+    body, _ = provide_and_register_request(
+        sub, {sub.documents[0].id: DocumentContent.of(b"", doc.mime_type)})
+    root = build_envelope(ITI41_ACTION, endpoint, body)  # the MTOM root part as sent
+    key = AESGCM.generate_key(bit_length=256)
+    path = work_dir / f"floor-{os.getpid()}.bin"
+    floor = Floor()
+    deadline = time.perf_counter() + seconds
+    n = 0
+    while n < 3 or time.perf_counter() < deadline:
+        n += 1
+        rows = _rows_for_insert(patient_cx, patient_pk, f"{uid_root}.{n}")
+        t0 = time.perf_counter()
+        etree.fromstring(root, _SAFE_PARSER)
+        t1 = time.perf_counter()
+        hashlib.sha1(content).digest()
+        t2 = time.perf_counter()
+        sealed = AESGCM(key).encrypt(os.urandom(12), content, None)
+        t3 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(sealed)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        t4 = time.perf_counter()
+        with write_transaction(engine) as conn:
+            store.insert_objects(conn, rows)
+        t5 = time.perf_counter()
+        del sealed
+        os.unlink(path)
+        floor.parse.append(t1 - t0)
+        floor.sha1.append(t2 - t1)
+        floor.aes.append(t3 - t2)
+        floor.fsync.append(t4 - t3)
+        floor.insert.append(t5 - t4)
+    return floor
+
+
+# ----------------------------------------------------------------- worker RSS
+
+
+@dataclass
+class LargeRun:
+    label: str
+    mb: float
+    iti41_s: float
+    iti43_s: float
+    peak41: int
+    peak43: int
+    polled41: int
+    polled43: int
+    hwm41: int
+    hwm43: int
+    samples41: int
+    samples43: int
+    before41: int = 0
+    before43: int = 0
+    floor: Floor | None = None
+
+
+def _pattern_chunks(size: int, block: bytes, sha):
+    for i in range(size // len(block)):
+        piece = bytes([i % 256]) + block[1:]
+        sha.update(piece)
+        yield piece
+    rest = size % len(block)
+    if rest:
+        piece = block[:rest]
+        sha.update(piece)
+        yield piece
+
+
+def measure_large(server: ServerProcess, patients: list[str], sizes_mb: list[int],
+                  uid_root: str, warm: Document, cdas: list[Document]
+                  ) -> tuple[int, list[LargeRun]]:
+    """Baseline and peak worker RSS (one worker) around one ITI-41 and one ITI-43 of each
+    CDA of ``cdas`` (text/xml: through the repository's CDA intake) and of a generated
+    application/octet-stream document of each of ``sizes_mb`` MiB. Returns (baseline RSS,
+    runs)."""
+    workers = rss.http_workers(server.proc.pid, server.port)
+    if len(workers) != 1:
+        raise RuntimeError(f"expected one gunicorn worker, found {workers}")
+    soap = SoapClient(server.url("/xds/repository"), timeout=1800)
+    repo_uid = (Path(server.home) / "repository-unique-id").read_text().strip()
+    try:
+        block = random.Random(7).randbytes(MIB)
+        for n in range(4):  # warm-up: imports, pools, the CDA path, the spooling path
+            uid = f"{uid_root}.5.{n}.1"
+            if n < 3:
+                chunks = warm.render(patients[n].split("^", 1)[0], uid)
+                mime, doc = warm.mime_type, warm
+            else:  # 2 MiB: attachments above 1 MiB are spooled to a file
+                chunks, mime, doc = [block, block], "application/octet-stream", None
+            sub = submission(patients[n], uid, f"{uid_root}.5.{n}.2", None, mime, doc)
+            body, atts = provide_and_register_request(sub, {sub.documents[0].id: DocumentContent(
+                mime, sum(map(len, chunks)), chunks)})
+            err = registry_error(soap.call(ITI41_ACTION, body, attachments=atts).payload)
+            if err:
+                raise RuntimeError(f"warm-up ITI-41 failed: {err}")
+            retrieve(soap, repo_uid, [sub.documents[0].unique_id])
+        time.sleep(1)
+        baseline = rss.current(workers)
+        runs = []
+        jobs = []
+        for k, mb in enumerate(sizes_mb):  # large: application/octet-stream, generated
+            size = mb * MIB
+            sub = submission(patients[k % len(patients)], f"{uid_root}.6.{mb}.1",
+                             f"{uid_root}.6.{mb}.2", None, "application/octet-stream")
+            sent = hashlib.sha1()
+            jobs.append((f"{mb} MB", size, sub, "application/octet-stream",
+                         _pattern_chunks(size, block, sent), sent))
+        for k, d in enumerate(cdas):   # CDAs last (text/xml, through the CDA intake)
+            uid = f"{uid_root}.7.{k}.1"
+            chunks = d.render(patients[k].split("^", 1)[0], uid)
+            sub = submission(patients[k], uid, f"{uid_root}.7.{k}.2", None, d.mime_type, d)
+            sent = hashlib.sha1()
+            for c in chunks:
+                sent.update(c)
+            jobs.append((d.label, sum(map(len, chunks)), sub, d.mime_type, chunks, sent))
+        for label, size, sub, mime, chunks, sent in jobs:
+            body, atts = provide_and_register_request(sub, {sub.documents[0].id: DocumentContent(
+                mime, size, chunks)})
+            before41 = rss.current(workers)
+            with rss.Sampler(workers) as s41:
+                t0 = time.perf_counter()
+                err = registry_error(soap.call(ITI41_ACTION, body, attachments=atts).payload)
+                t41 = time.perf_counter() - t0
+            if err:
+                raise RuntimeError(f"ITI-41 of {label} failed: {err}")
+            before43 = rss.current(workers)
+            with rss.Sampler(workers) as s43:
+                t0 = time.perf_counter()
+                reply = soap.call(ITI43_ACTION, retrieve_request(
+                    repo_uid, [sub.documents[0].unique_id]))
+                t43 = time.perf_counter() - t0
+            try:
+                err = registry_error(reply.payload.find(f"{{{RS}}}RegistryResponse"))
+                att = xop_attachment(reply.payload.find(f".//{{{XDSB}}}Document"),
+                                     reply.attachments)
+                got = hashlib.sha1()
+                for chunk in att.chunks():
+                    got.update(chunk)
+                if err or att.size != size or got.hexdigest() != sent.hexdigest():
+                    raise RuntimeError(f"ITI-43 of {label}: {err or 'bytes differ'}")
+            finally:
+                reply.close()
+            runs.append(LargeRun(label, size / MIB, t41, t43, s41.peak, s43.peak,
+                                 s41.peak_polled, s43.peak_polled, s41.peak_hwm, s43.peak_hwm,
+                                 s41.samples, s43.samples, before41, before43))
+            log(f"  {label} ({mime}): ITI-41 {t41:.2f} s, RSS before {before41 / MIB:.1f}, peak "
+                f"{s41.peak / MIB:.1f} MiB "
+                f"(HWM {s41.peak_hwm / MIB:.1f}, polled {s41.peak_polled / MIB:.1f}, "
+                f"{s41.samples} samples); ITI-43 {t43:.2f} s, RSS before {before43 / MIB:.1f}, "
+                f"peak {s43.peak / MIB:.1f} MiB "
+                f"(HWM {s43.peak_hwm / MIB:.1f}, polled {s43.peak_polled / MIB:.1f})")
+        return baseline, runs
+    finally:
+        soap.close()
+
+
+# ----------------------------------------------------------------- facts
+
+
+def file_system(path: Path) -> str:
+    best, fs = "", "?"
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, kind = line.split()[:3]
+                if str(path).startswith(mnt) and len(mnt) > len(best):
+                    best, fs = mnt, f"{kind} ({dev})"
+    except OSError:
+        pass
+    return fs
+
+
+def code_state() -> str:
+    """The commit measured, and the product directories with uncommitted changes (the
+    numbers describe the working tree, which may be ahead of the commit)."""
+    import subprocess
+    root = str(benchmarks.ROOT)
+    try:
+        head = subprocess.run(["git", "-C", root, "log", "-1", "--format=%h %cs"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        status = subprocess.run(["git", "-C", root, "status", "--porcelain"],
+                                capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    dirty = sorted({line[3:].split("/")[0] for line in status.splitlines()
+                    if not line[3:].startswith(("benchmarks/", "tests/"))})
+    return f"commit {head or '?'}" + (f" + uncommitted changes in {', '.join(dirty)}"
+                                      if dirty else "")
+
+
+def db_facts(db: str, url: str) -> str:
+    if db == "sqlite":
+        import sqlite3
+        return (f"SQLite {sqlite3.sqlite_version} (WAL, synchronous=NORMAL), file in the "
+                "server home")
+    from .pg import server_facts
+    pg = server_facts(url)
+    return (f"PostgreSQL {pg['version']} (fsync={pg['fsync']}, synchronous_commit="
+            f"{pg['synchronous_commit']}, shared_buffers={pg['shared_buffers']}), loopback TCP")
+
+
+# ----------------------------------------------------------------- report
+
+
+def _ms(x: float) -> str:
+    if x != x:
+        return "–"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}" if x < 100 else f"{x:,.0f}"
+
+
+def _pp(r: Phase | None) -> str:
+    if r is None or not r.latencies:
+        return "–"
+    return f"{_ms(r.pct(.5))} / {_ms(r.pct(.99))}"
+
+
+def _rate(r: Phase | None) -> str:
+    if r is None:
+        return "–"
+    s = f"{r.rate:,.1f}" if r.rate < 100 else f"{r.rate:,.0f}"
+    return s + (f" ({r.errors} err.)" if r.errors else "")
+
+
+def _mib(x: int) -> str:
+    return f"{x / MIB:.1f}"
+
+
+def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
+           large: list[LargeRun], started, finished) -> str:
+    n = a.clients
+    doc_labels = [d.label for d in docs]
+    cda_runs = {r.label: r for r in large if r.label in doc_labels}
+    big = [r for r in large if r.label not in doc_labels]
+    cols = len(docs) + len(big)
+    head = "| | " + " | ".join(doc_labels + [r.label for r in big]) + " | target |"
+    sep = "|---|" + "---:|" * cols + "---|"
+
+    def row(name: str, small: list[str], large_cells: list[str] | None = None,
+            target: str = "") -> str:
+        cells = small + (large_cells if large_cells is not None else ["–"] * len(big))
+        return f"| {name} | " + " | ".join(cells) + f" | {target} |"
+
+    def per_doc(fn) -> list[str]:
+        return [fn(results[d.label]) for d in docs]
+
+    def rss_cells(fn) -> list[str]:
+        return [fn(cda_runs[d.label]) if d.label in cda_runs else "–" for d in docs]
+
+    def peak(value: int) -> str:
+        return f"{_mib(value)} (+{_mib(value - baseline)})"
+
+    rows = [
+        head, sep,
+        row("document bytes", [f"{d.size:,}" for d in docs], [f"{r.mb * MIB:,.0f}" for r in big]),
+        row(f"ITI-41 documents/s ({n} clients)", per_doc(lambda x: _rate(x["41n"])),
+            target=">= 300 (10 KB)"),
+        row("ITI-41 p50 / p99 ms (1 client)", per_doc(lambda x: _pp(x["411"])),
+            [f"{r.iti41_s * 1000:,.0f} (one)" for r in big]),
+        row(f"ITI-41 p50 / p99 ms ({n} clients)", per_doc(lambda x: _pp(x["41n"]))),
+        row("ITI-41 mean ms (1 client)", per_doc(lambda x: _ms(x["411"].mean_ms)),
+            [f"{r.iti41_s * 1000:,.0f}" for r in big]),
+        row("floor ms: parse + SHA-1 + AES-GCM + write/fsync + insert",
+            per_doc(lambda x: _ms(x["floor"].mean_ms())),
+            [_ms(r.floor.mean_ms()) if r.floor else "–" for r in big]),
+        row("ITI-41 mean / floor",
+            per_doc(lambda x: f"{x['411'].mean_ms / x['floor'].mean_ms():.1f}"),
+            [f"{r.iti41_s * 1000 / r.floor.mean_ms():.1f}" if r.floor else "–" for r in big],
+            "< 3"),
+        row(f"ITI-43 retrieves/s ({n} clients)", per_doc(lambda x: _rate(x.get("43n"))),
+            target=">= 1,200"),
+        row("ITI-43 p50 / p99 ms (1 client)", per_doc(lambda x: _pp(x.get("431"))),
+            [f"{r.iti43_s * 1000:,.0f} (one)" for r in big]),
+        row(f"ITI-43 p50 / p99 ms ({n} clients)", per_doc(lambda x: _pp(x.get("43n")))),
+        row(f"server CPU ms per ITI-41 ({n} cl.)", per_doc(lambda x: _cpu_per(x["41n"], facts))),
+        row(f"server CPU ms per ITI-43 ({n} cl.)",
+            per_doc(lambda x: _cpu_per(x.get("43n"), facts))),
+        row(f"CPU % server / postgres / clients / foreign, ITI-41 ({n} cl.)",
+            per_doc(lambda x: _cpu(x["41n"], a.db))),
+        row(f"CPU % server / postgres / clients / foreign, ITI-43 ({n} cl.)",
+            per_doc(lambda x: _cpu(x.get("43n"), a.db))),
+        row("worker RSS MiB, baseline (1 worker, after warm-up)",
+            rss_cells(lambda r: _mib(baseline)), [_mib(baseline) for _ in big]),
+        row("worker peak RSS MiB during one ITI-41 (+ over baseline)",
+            rss_cells(lambda r: peak(r.peak41)), [peak(r.peak41) for r in big], "< 64, flat"),
+        row("worker peak RSS MiB during one ITI-43 (+ over baseline)",
+            rss_cells(lambda r: peak(r.peak43)), [peak(r.peak43) for r in big], "< 64, flat"),
+    ]
+    parts = []
+    for d in docs:
+        f = results[d.label]["floor"]
+        parts.append(f"{d.label}: " + " + ".join(_ms(f.mean_ms(p)) for p in Floor.PARTS)
+                     + f" ({f.repetitions} reps)")
+    for r in big:
+        if r.floor:
+            parts.append(f"{r.label}: " + " + ".join(_ms(r.floor.mean_ms(p))
+                                                     for p in Floor.PARTS)
+                         + f" ({r.floor.repetitions} reps)")
+    errors = [f"{d.label} {k}: {results[d.label][k].errors} ({results[d.label][k].error_sample})"
+              for d in docs for k in ("411", "41n", "431", "43n")
+              if results[d.label].get(k) is not None and results[d.label][k].errors]
+    reruns = [f"{d.label} {k}: {', '.join(f'{x:,.0f}/s' for x in results[d.label][k].discarded)}"
+              for d in docs for k in ("411", "41n", "431", "43n")
+              if results[d.label].get(k) is not None and results[d.label][k].discarded]
+    out = [
+        f"## OpenDMP repository benchmark — {started:%Y-%m-%d %H:%M %Z} "
+        f"({(finished - started).total_seconds() / 60:.0f} min)",
+        "",
+        f"Machine: nproc {facts['nproc']} ({facts['cpu']}), {facts['ram_gb']} GB RAM, Linux "
+        f"{facts['kernel']}, Python {facts['python']}; document store and spool on "
+        f"{facts['fs']}. DB: {facts['db']}. Server: gunicorn gthread, {a.workers} workers x "
+        f"{a.threads} threads (RSS runs: 1 worker x {a.threads} threads), access log on. "
+        f"Clients: forked processes on the same machine, one keep-alive httpx client each, "
+        f"closed loop; {a.seconds:g} s measured per run after {a.warmup:g} s warm-up; "
+        f"{a.patients} pre-registered patients. Code: {facts['code']}.",
+        "",
+        f"Targets: {TARGETS}.",
+        "",
+        *rows,
+        "",
+        "Documents: " + "; ".join(f"{d.label} = {d.origin}" for d in docs)
+        + (f"; {', '.join(r.label for r in big)} = generated bytes, application/octet-stream "
+           "(not a CDA), no hash or size sent" if big else "") + ".",
+        f"Floor parts, ms (parse + SHA-1 + AES-GCM + write/fsync + insert): {'; '.join(parts)}.",
+        "Errors: " + (", ".join(errors) or "none") + ".",
+    ]
+    if reruns:
+        out.append("Runs measured again because other processes used more than "
+                   f"{FOREIGN_LIMIT:g}% of the machine (discarded rates): "
+                   + "; ".join(reruns) + ".")
+    return "\n".join(out)
+
+
+def _cpu_per(r: Phase | None, facts: dict) -> str:
+    """Server (gunicorn) CPU time per request, from its share of the machine."""
+    if r is None or not r.count:
+        return "–"
+    return f"{r.cpu['server'] / 100 * facts['nproc'] * r.seconds / r.count * 1000:.2f}"
+
+
+def _cpu(r: Phase | None, db: str) -> str:
+    if r is None:
+        return "–"
+    pg = f"{r.cpu['postgres']:.0f}" if db == "postgresql" else "(in server)"
+    return f"{r.cpu['server']:.0f} / {pg} / {r.cpu['clients']:.0f} / {r.cpu['foreign']:.0f}"
+
+
+def dump_json(path: str, a, facts, docs, results, baseline, large, started, finished) -> None:
+    def phase(r: Phase | None):
+        if r is None:
+            return None
+        return {"clients": r.clients, "seconds": r.seconds, "count": r.count, "rate": r.rate,
+                "mean_ms": r.mean_ms, "p50_ms": r.pct(.5), "p90_ms": r.pct(.9),
+                "p99_ms": r.pct(.99), "max_ms": r.pct(1.0), "errors": r.errors,
+                "error_sample": r.error_sample, "cpu_percent": r.cpu}
+
+    def floor(f: Floor | None):
+        return None if f is None else {
+            "repetitions": f.repetitions, "total_ms": f.mean_ms(),
+            **{f"{p}_ms": f.mean_ms(p) for p in Floor.PARTS}}
+
+    data = {
+        "started": started.isoformat(), "finished": finished.isoformat(),
+        "args": vars(a), "machine": facts,
+        "documents": {d.label: {
+            "bytes": d.size, "origin": d.origin,
+            "iti41_1": phase(results[d.label]["411"]),
+            "iti41_n": phase(results[d.label]["41n"]),
+            "iti43_1": phase(results[d.label].get("431")),
+            "iti43_n": phase(results[d.label].get("43n")),
+            "floor": floor(results[d.label]["floor"])} for d in docs},
+        "rss": {"baseline": baseline, "runs": [
+            {**{k: v for k, v in vars(r).items() if k != "floor"}, "floor": floor(r.floor)}
+            for r in large]},
+    }
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+
+
+# ----------------------------------------------------------------- run
+
+
+def register_patients(url: str, n: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    engine = make_engine(url)
+    out = []
+    try:
+        with write_transaction(engine) as conn:
+            while len(out) < n:
+                cx = F.new_ins(rng)
+                out.append((cx, store.add_patient(conn, parse_cx(cx).canonical)))
+    finally:
+        engine.dispose()
+    return out
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)  # run the finally blocks: server, PostgreSQL, home
+
+
+def run(a: argparse.Namespace) -> int:
+    # SIGTERM, and SIGINT even when a non-interactive shell started us in the background
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    facts = machine_facts()
+    started = dt.datetime.now().astimezone()
+    docs = [d for d in documents(a.seed) if d.label in a.sizes]
+    home = Path(tempfile.mkdtemp(prefix="opendmp-bench-repo-"))
+    facts["fs"] = file_system(home)
+    facts["code"] = code_state()
+    cluster = server = engine = None
+    postmaster = None
+    run_id = random.Random(a.seed).randint(1, 10 ** 6) * 10 + 1
+    uid_root = f"1.2.250.1.999.{run_id}"
+    try:
+        if a.db == "postgresql":
+            from .pg import BenchCluster
+            cluster = BenchCluster()
+            cluster.start()
+            url = cluster.create_database("opendmp_bench_repo")
+            postmaster = cluster.postmaster_pid
+        else:
+            url = f"sqlite:///{home / 'opendmp.sqlite3'}"
+        migrate(url)
+        facts["db"] = db_facts(a.db, url)
+        log(f"machine {facts}")
+        patients = register_patients(url, a.patients, a.seed)
+        patient_cx = [cx for cx, _ in patients]
+        server = ServerProcess(url, home=home, env={"OPENDMP_WORKERS": a.workers,
+                                                    "OPENDMP_THREADS": a.threads,
+                                                    "OPENDMP_MLLP_PORT": free_port()},
+                               startup_timeout=60)
+        server.start()
+        endpoint = server.url("/xds/repository")
+        repo_uid = (home / "repository-unique-id").read_text().strip()
+        log(f"server {server.base_url} ({a.workers} workers x {a.threads} threads), home {home}")
+        engine = make_engine(url)
+        results: dict[str, dict] = {}
+        phase_no = 0
+
+        def phase(job, clients: int, label: str) -> Phase:
+            nonlocal phase_no
+            stored: list[str] = []
+            discarded: list[float] = []
+            for attempt in range(a.retries + 1):
+                phase_no += 1
+                busy = wait_quiet()
+                if busy > 15:
+                    log(f"  the machine is still {busy:.0f}% busy (other sessions)")
+                spies = None
+                if a.profile and clients > 1:
+                    spies = P.start(server.proc.pid, Path(a.profile), label,
+                                    a.seconds + a.warmup + 0.5)
+                r = run_phase(job, clients, a.seconds, a.warmup, server.proc.pid, postmaster,
+                              seed=a.seed * 10_000 + phase_no)
+                if spies is not None:
+                    log(f"  py-spy profile of {label}:\n" + P.finish(
+                        spies, Path(a.profile) / f"{label}-summary.txt"))
+                log(f"  {label:18} {clients} client(s): {r.rate:8,.1f}/s  p50 {_ms(r.pct(.5))} "
+                    f"p99 {_ms(r.pct(.99))} mean {_ms(r.mean_ms)} ms  errors {r.errors}  CPU% "
+                    f"srv {r.cpu['server']:.0f} pg {r.cpu['postgres']:.0f} cl "
+                    f"{r.cpu['clients']:.0f} foreign {r.cpu['foreign']:.0f} all "
+                    f"{r.cpu['machine']:.0f}"
+                    + (f"\n    first error: {r.error_sample}" if r.errors else ""))
+                stored += r.stored
+                if not r.disturbed or attempt == a.retries:
+                    break
+                discarded.append(r.rate)
+                log(f"  other processes used {r.cpu['foreign']:.0f}% of the machine: run again")
+            r.stored, r.discarded = stored, discarded
+            return r
+
+        for d in docs:
+            tag = d.label.replace(" ", "")
+            log(f"{d.label}: {d.size:,} bytes ({d.origin})")
+            res = results[d.label] = {}
+            wait_quiet()
+            res["floor"] = measure_floor(engine, endpoint, d, home, *patients[0],
+                                         f"{uid_root}.2.{phase_no}", a.floor_seconds)
+            f = res["floor"]
+            log(f"  floor {f.mean_ms():.2f} ms = " + " + ".join(
+                f"{p} {f.mean_ms(p):.2f}" for p in Floor.PARTS) + f" ({f.repetitions} reps)")
+            stored: list[str] = []
+            for key, clients in (("411", 1), ("41n", a.clients)):
+                job = Iti41Job(endpoint, patient_cx, d, f"{uid_root}.1")
+                res[key] = phase(job, clients, f"ITI-41-{tag}")
+                stored += res[key].stored
+            if not stored:
+                log(f"  no {d.label} document stored: ITI-43 skipped")
+                continue
+            # one full check of the bytes before measuring retrieves
+            check = SoapClient(endpoint)
+            try:
+                _, got = retrieve(check, repo_uid, [stored[0]])
+            finally:
+                check.close()
+            a_, b_, c_ = d.parts
+            body_ = got[0].content if len(got) == 1 else b""
+            head_ = a_ + stored[0].encode() + b_
+            if not (body_.startswith(head_) and body_[len(head_) + len(SENTINEL_NIR):] == c_):
+                raise RuntimeError(f"ITI-43 of {stored[0]} did not return the bytes sent")
+            for key, clients in (("431", 1), ("43n", a.clients)):
+                res[key] = phase(Iti43Job(endpoint, repo_uid, stored, d.size), clients,
+                                 f"ITI-43-{tag}")
+        large: list[LargeRun] = []
+        baseline = 0
+        if a.large:
+            log(f"worker RSS: restarting the server with 1 worker x {a.threads} threads")
+            server.restart(env={"OPENDMP_WORKERS": 1})
+            wait_quiet()
+            baseline, large = measure_large(server, patient_cx, a.large, f"{uid_root}.3",
+                                            docs[0], [d for d in docs if d.size >= MIB])
+            log(f"  baseline RSS {baseline / MIB:.1f} MiB")
+            server.stop()
+            for r in large:
+                if r.label in a.sizes:
+                    continue
+                wait_quiet()
+                r.floor = measure_floor(engine, endpoint, docs[0], home, *patients[0],
+                                        f"{uid_root}.4.{int(r.mb)}", 0,
+                                        content=random.Random(7).randbytes(int(r.mb * MIB)))
+                log(f"  floor {r.label}: {r.floor.mean_ms():.0f} ms = " + " + ".join(
+                    f"{p} {r.floor.mean_ms(p):.1f}" for p in Floor.PARTS))
+        finished = dt.datetime.now().astimezone()
+        print(render(a, facts, docs, results, baseline, large, started, finished))
+        if a.json:
+            dump_json(a.json, a, facts, docs, results, baseline, large, started, finished)
+    finally:
+        if server is not None:
+            server.stop()
+        if engine is not None:
+            engine.dispose()
+        if cluster is not None:
+            cluster.stop()
+        if a.keep:
+            log(f"--keep: server home left in {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
