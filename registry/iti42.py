@@ -115,11 +115,16 @@ def resolve_patient(conn: Connection, cx: str, domain: AffinityDomain) -> int:
             E.UNKNOWN_PATIENT_ID,
             f"patientId {cx} is not issued by an assigning authority of this affinity domain",
             cx)])
-    pk = store.patient_pk(conn, _canonical(cx), lock=True)
-    if pk is None:
+    row = store.patient_row(conn, _canonical(cx), lock=True)
+    if row is None:
         raise E.XdsErrors([E.XdsError(
             E.UNKNOWN_PATIENT_ID, f"patientId {cx} is not known to the registry", cx)])
-    return pk
+    if row.merged_into is not None:
+        survivor = store.patient_cx(conn, row.merged_into)
+        raise E.XdsErrors([E.XdsError(
+            E.UNKNOWN_PATIENT_ID, f"patientId {cx} was merged into {survivor}; documents are "
+            "registered under the surviving identifier", cx)])
+    return row.pk
 
 
 def _check_references(sub: Submission, existing: dict[str, StoredObject],

@@ -138,14 +138,20 @@ def object_row(obj: RegistryObject, patient_pk: int | None) -> tuple[dict, list[
 # ----------------------------------------------------------------- patients
 
 def patient_pk(conn: Connection, cx: str, *, lock: bool = False) -> int | None:
-    """The patient's key, following merges; ``lock`` serializes writers per patient."""
+    """The key of an active patient identifier; None when unknown or merged into another
+    (after ITI-8 A40 / ITI-44 merge, documents live under the surviving identifier and the
+    subsumed one no longer registers nor finds anything). ``lock`` serializes writers per
+    patient."""
+    row = patient_row(conn, cx, lock=lock)
+    return None if row is None or row.merged_into is not None else row.pk
+
+
+def patient_row(conn: Connection, cx: str, *, lock: bool = False):
+    """(pk, merged_into) of a patient identifier, or None."""
     stmt = select(patient.c.pk, patient.c.merged_into).where(patient.c.cx == cx)
     if lock and conn.dialect.name == "postgresql":
         stmt = stmt.with_for_update()
-    row = conn.execute(stmt).first()
-    if row is None:
-        return None
-    return row.merged_into or row.pk
+    return conn.execute(stmt).first()
 
 
 def add_patient(conn: Connection, cx: str) -> int:

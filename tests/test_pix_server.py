@@ -264,8 +264,13 @@ def test_ins_feed_opens_the_dmp_and_merge_moves_documents_to_the_survivor(pix):
     assert m.msa == "AA", m
     docs = find_documents(pix, nir_cx).xpath("//rim:ExtrinsicObject", namespaces=NS)
     assert len(docs) == 1
-    # the registry accepts documents for the survivor
+    # the registry accepts documents for the survivor, no longer for the subsumed id,
+    # under which nothing is found any more
     assert status(_register(pix, nir_cx)) == "Success"
+    refused = _register(pix, nia_cx)
+    assert error_codes(refused) == ["XDSUnknownPatientId"]
+    assert "was merged into" in etree.tostring(refused).decode()
+    assert not find_documents(pix, nia_cx).xpath("//rim:ExtrinsicObject", namespaces=NS)
     # ITI-9: the subsumed identifier is no longer a key; the local id now links to the NIR
     q = send1(pix.mllp_port, qbp(cx(nia, NIA)))
     assert (q.msa, q.qak) == ("AE", "AE") and q.err_locations == ["QPD^1^3^1^1"], q

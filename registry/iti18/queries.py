@@ -183,8 +183,8 @@ def document_filters(p: QueryParams) -> list[ColumnElement]:
 
 def resolve_patient(ctx: Ctx, p: QueryParams, name: str) -> int | None:
     """The patient's key from a CX parameter: one indexed lookup of the canonical CX
-    (patients are stored without CX.5, as ITI-42 registers them), merges followed by
-    store.patient_pk. A malformed CX is XDSRegistryError; an unknown one, None."""
+    (patients are stored without CX.5, as ITI-42 registers them). A malformed CX is
+    XDSRegistryError; an unknown or merged (subsumed) one, None: nothing is found under it."""
     value = p.single(name)
     try:
         canonical = parse_cx(value).canonical
