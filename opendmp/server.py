@@ -55,9 +55,26 @@ class _Gunicorn(BaseApplication):
         return create_app()
 
 
-def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4) -> int:
-    """Start gunicorn (gthread workers) and block until it stops."""
+def _tls_options(tls) -> dict:
+    """Mutual TLS for the HTTP endpoints (ITI-19 node authentication): the node's
+    certificate, client certificates required from the trust store, TLS >= 1.2."""
+    import ssl
+
+    def ssl_context(conf, default_ssl_context_factory):
+        ctx = default_ssl_context_factory()
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
+
+    return {"certfile": str(tls.cert), "keyfile": str(tls.key), "ca_certs": str(tls.ca),
+            "cert_reqs": ssl.CERT_REQUIRED, "ssl_context": ssl_context}
+
+
+def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=None) -> int:
+    """Start gunicorn (gthread workers) and block until it stops; with ``tls``
+    (an ``atna.pki.TlsFiles``) every connection needs a trusted client certificate."""
+    options = _tls_options(tls) if tls is not None else {}
     _Gunicorn({
+        **options,
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,

@@ -123,8 +123,23 @@ class ServerProcess:
     # -- addresses --------------------------------------------------------------
 
     @property
+    def tls(self) -> bool:
+        """Whether the server requires mutual TLS on HTTP (``OPENDMP_HTTP_TLS=1``)."""
+        return self.extra_env.get("OPENDMP_HTTP_TLS") == "1"
+
+    @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    def client_cert(self, name: str = "harness") -> tuple[str, str, str]:
+        """(cert, key, CA) of a client certificate issued by the server's development CA."""
+        from atna.pki import issue, pki_dir
+
+        directory = pki_dir(self.home)
+        cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+        if not cert.exists():
+            issue(directory, name)
+        return str(cert), str(key), str(directory / "ca.pem")
 
     def url(self, path: str = "/") -> str:
         """Absolute URL of ``path`` on this server."""
@@ -210,8 +225,16 @@ class ServerProcess:
     # -- internals --------------------------------------------------------------
 
     def _health(self) -> bool:
+        context = None
+        if self.tls:
+            if not (self.home / "pki" / "ca.pem").exists():
+                return False
+            import ssl
+            cert, key, ca = self.client_cert()
+            context = ssl.create_default_context(cafile=ca)
+            context.load_cert_chain(cert, key)
         try:
-            with urllib.request.urlopen(self.url("/health"), timeout=2) as resp:
+            with urllib.request.urlopen(self.url("/health"), timeout=2, context=context) as resp:
                 if resp.status != 200:
                     return False
                 json.loads(resp.read() or b"null")
