@@ -26,7 +26,8 @@ def _serve(args: argparse.Namespace) -> int:
     parent = os.getpid()
     procs = start_listeners(listeners)
     try:
-        return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads)
+        return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads,
+                            tls=_http_tls(settings, args))
     finally:
         if os.getpid() == parent:
             stop_listeners(procs)
@@ -38,6 +39,16 @@ def _serve(args: argparse.Namespace) -> int:
 
             for proc in procs:
                 mp_process._children.discard(proc)
+
+
+def _http_tls(settings: Settings, args: argparse.Namespace):
+    """The node's TLS files when the HTTP endpoints require mutual TLS (``--tls`` or
+    ``OPENDMP_HTTP_TLS=1``); the development PKI is made on first use (atna.pki)."""
+    if not (args.tls or settings.env.get("OPENDMP_HTTP_TLS", "") in ("1", "true", "yes")):
+        return None
+    from atna.pki import tls_files
+
+    return tls_files(settings.env, settings.home)
 
 
 def _recover_repository(settings: Settings) -> None:
@@ -119,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("OPENDMP_HOST", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("OPENDMP_PORT", 8080)))
     serve.add_argument("--workers", type=int, default=int(os.environ.get("OPENDMP_WORKERS", 2)))
+    serve.add_argument("--tls", action="store_true",
+                       help="require mutual TLS on the HTTP endpoints (OPENDMP_HTTP_TLS=1)")
     serve.add_argument("--threads", type=int, default=int(os.environ.get("OPENDMP_THREADS", 4)))
     serve.add_argument("--mllp-port", type=int,
                        default=int(os.environ.get("OPENDMP_MLLP_PORT") or 2575),
@@ -154,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from atna.cli import register as register_atna  # audit list|history|stats, ca init|issue
     register_atna(sub)
+
+    from xua.cli import register as register_xua  # idp issue|cert (development IdP)
+    register_xua(sub)
     return parser
 
 
