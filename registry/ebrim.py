@@ -148,6 +148,27 @@ def _external_identifier(el: etree._Element, owner: str) -> ExternalIdentifier:
     )
 
 
+#: standard ExternalIdentifiers: scheme -> (key in external_identifier_ids, model attribute)
+_EXTERNAL_IDS = {
+    V.DE_PATIENT_ID: ("patientId", "patient_id"), V.DE_UNIQUE_ID: ("uniqueId", "unique_id"),
+    V.SS_PATIENT_ID: ("patientId", "patient_id"), V.SS_UNIQUE_ID: ("uniqueId", "unique_id"),
+    V.SS_SOURCE_ID: ("sourceId", "source_id"),
+    V.FOL_PATIENT_ID: ("patientId", "patient_id"), V.FOL_UNIQUE_ID: ("uniqueId", "unique_id"),
+}
+
+
+def _take_external_identifier(obj: RegistryObject, ei: ExternalIdentifier,
+                              schemes: tuple[str, ...]) -> None:
+    """Set a standard ExternalIdentifier of ``obj`` (one of ``schemes``), or keep it as
+    an extra one."""
+    if ei.scheme in schemes:
+        key, attr = _EXTERNAL_IDS[ei.scheme]
+        setattr(obj, attr, ei.value)
+        obj.external_identifier_ids[key] = ei.id
+    else:
+        obj.extra_external_identifiers.append(ei)
+
+
 _DE_SINGLE_SLOTS = {
     "creationTime": "creation_time",
     "serviceStartTime": "service_start_time",
@@ -214,15 +235,8 @@ def parse_document_entry(el: etree._Element) -> DocumentEntry:
             else:
                 de.extra_classifications.append(c)
         elif tag == R + "ExternalIdentifier":
-            ei = _external_identifier(child, de.id)
-            if ei.scheme == V.DE_PATIENT_ID:
-                de.patient_id = ei.value
-                de.external_identifier_ids["patientId"] = ei.id
-            elif ei.scheme == V.DE_UNIQUE_ID:
-                de.unique_id = ei.value
-                de.external_identifier_ids["uniqueId"] = ei.id
-            else:
-                de.extra_external_identifiers.append(ei)
+            _take_external_identifier(de, _external_identifier(child, de.id),
+                                      (V.DE_PATIENT_ID, V.DE_UNIQUE_ID))
         elif tag == R + "ContentVersionInfo":
             de.content_version = child.get("versionName")
     return de
@@ -277,18 +291,7 @@ def _to_submission_set(base: RegistryObject, cls: list[Classification]) -> Submi
         else:
             ss.extra_classifications.append(c)
     for ei in base.extra_external_identifiers:
-        field_name = {V.SS_PATIENT_ID: "patientId", V.SS_SOURCE_ID: "sourceId",
-                      V.SS_UNIQUE_ID: "uniqueId"}.get(ei.scheme)
-        if field_name is None:
-            ss.extra_external_identifiers.append(ei)
-            continue
-        ss.external_identifier_ids[field_name] = ei.id
-        if field_name == "patientId":
-            ss.patient_id = ei.value
-        elif field_name == "sourceId":
-            ss.source_id = ei.value
-        else:
-            ss.unique_id = ei.value
+        _take_external_identifier(ss, ei, (V.SS_PATIENT_ID, V.SS_SOURCE_ID, V.SS_UNIQUE_ID))
     return ss
 
 
@@ -309,14 +312,7 @@ def _to_folder(base: RegistryObject, cls: list[Classification]) -> Folder:
         else:
             fol.extra_classifications.append(c)
     for ei in base.extra_external_identifiers:
-        if ei.scheme == V.FOL_PATIENT_ID:
-            fol.patient_id = ei.value
-            fol.external_identifier_ids["patientId"] = ei.id
-        elif ei.scheme == V.FOL_UNIQUE_ID:
-            fol.unique_id = ei.value
-            fol.external_identifier_ids["uniqueId"] = ei.id
-        else:
-            fol.extra_external_identifiers.append(ei)
+        _take_external_identifier(fol, ei, (V.FOL_PATIENT_ID, V.FOL_UNIQUE_ID))
     return fol
 
 

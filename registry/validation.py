@@ -167,18 +167,19 @@ def check_document_entry(de: DocumentEntry, domain: AffinityDomain) -> Iterator[
     yield from _check_authors(de.authors, where)
 
 
+def _check_oid(value: str | None, name: str, where: str) -> Iterator[E.XdsError]:
+    if not value:
+        yield _err(f"{where}: {name} is required", where)
+    elif not is_oid(value):
+        yield _err(f"{where}: {name} {value!r} is not an OID", where)
+
+
 def check_submission_set(ss: SubmissionSet, domain: AffinityDomain) -> Iterator[E.XdsError]:
     """SubmissionSet attributes (ITI TF-3 Table 4.2.3.3-1)."""
     where = _where(ss, "SubmissionSet")
     yield from _check_common(ss, where)
-    if not ss.unique_id:
-        yield _err(f"{where}: uniqueId is required", where)
-    elif not is_oid(ss.unique_id):
-        yield _err(f"{where}: uniqueId {ss.unique_id!r} is not an OID", where)
-    if not ss.source_id:
-        yield _err(f"{where}: sourceId is required", where)
-    elif not is_oid(ss.source_id):
-        yield _err(f"{where}: sourceId {ss.source_id!r} is not an OID", where)
+    yield from _check_oid(ss.unique_id, "uniqueId", where)
+    yield from _check_oid(ss.source_id, "sourceId", where)
     yield from _check_patient_id(ss.patient_id, "patientId", where)
     yield from _check_dtm(ss.submission_time, "submissionTime", where, required=True)
     yield from _check_code(ss.content_type_code, "contentTypeCode", where, domain, True)
@@ -189,10 +190,7 @@ def check_folder(fol: Folder, domain: AffinityDomain) -> Iterator[E.XdsError]:
     """Folder attributes (ITI TF-3 Table 4.2.3.4-1)."""
     where = _where(fol, "Folder")
     yield from _check_common(fol, where)
-    if not fol.unique_id:
-        yield _err(f"{where}: uniqueId is required", where)
-    elif not is_oid(fol.unique_id):
-        yield _err(f"{where}: uniqueId {fol.unique_id!r} is not an OID", where)
+    yield from _check_oid(fol.unique_id, "uniqueId", where)
     yield from _check_patient_id(fol.patient_id, "patientId", where)
     if not fol.codes:
         yield _err(f"{where}: codeList needs at least one code", where)
