@@ -7,6 +7,7 @@ from sqlalchemy import text
 
 from atna.service import wsgi_parts as atna_wsgi_parts
 from cda.web import routes as cda_routes
+from pix.service import pix_v3_endpoint
 from registry.affinity import AffinityDomain
 from registry.service import registry_endpoint
 from repository.actor import open_repository
@@ -33,7 +34,8 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
     # ATNA (atna.service): every transaction audited; GET /audit and /fhir/AuditEvent.
     endpoints, audit_routes = atna_wsgi_parts(
         settings, engine, [registry_endpoint(engine, domain),
-                           repository_endpoint(repository, domain.home_community_id)], repository)
+                           repository_endpoint(repository, domain.home_community_id),
+                           pix_v3_endpoint(engine, settings.env)], repository)
     return SoapApplication(
         endpoints=endpoints,
         schema_dir=ROOT / "schemas" / "ihe-iti" / "schema",

@@ -8,8 +8,14 @@
     or a bare namespace; each ``@APP|FACILITY`` names a source (MSH-3|MSH-4, first
     components) allowed to assign identifiers in it (none: any source).
 ``OPENDMP_PIX_CONSUMERS``
-    ITI-10 PIX Consumers: comma-separated ``NAME=HOST:PORT[/DOMAIN+DOMAIN...]`` (the
-    domains, by namespace or OID, whose identifiers the consumer wants; none: all).
+    PIX Consumers: comma-separated ``NAME=HOST:PORT[/DOMAIN+DOMAIN...]`` or
+    ``NAME=mllp://HOST:PORT[/DOMAIN+...]`` (ITI-10, ADT^A31 over MLLP), or
+    ``NAME=http(s)://HOST[:PORT]/PATH[#DOMAIN+DOMAIN...]`` (ITI-46, PRPA_IN201302UV02
+    over SOAP 1.2); the domains, by namespace or OID, whose identifiers the consumer
+    wants (none: all).
+``OPENDMP_PIX_DEVICE_OID``
+    The PIX Manager's HL7v3 device id (sender of ITI-44/45 answers and ITI-46);
+    default the home community OID, else a fixed ``2.25`` OID.
 ``OPENDMP_PIX_LINK_ON_TRAITS``
     ``1`` links identifiers of different domains that carry no INS when name, first
     name, full birth date and sex are equal (the MESA tests expect it). Default ``0``:
@@ -64,6 +70,8 @@ class Consumer:
     host: str
     port: int
     domains: tuple[str, ...] = ()
+    #: ITI-46 (HL7v3 over SOAP) consumer endpoint; None: ITI-10 over MLLP.
+    url: str | None = None
 
 
 @dataclass
@@ -74,6 +82,7 @@ class PixConfig:
     link_on_traits: bool = False
     application: str = "OPENDMP"
     facility: str = "OPENDMP"
+    device_oid: str = "2.25.185436537468935012834431376423520395581"
 
     def __post_init__(self) -> None:
         self._by_uid = {d.universal_id: d for d in self.domains if d.universal_id}
@@ -116,10 +125,29 @@ class PixConfig:
             list(domains.values()), frozenset(affinity), consumers, link,
             (env.get("OPENDMP_PIX_APPLICATION") or "OPENDMP").strip(),
             (env.get("OPENDMP_PIX_FACILITY") or "OPENDMP").strip(),
+            _device_oid(env),
         )
 
 
+def _device_oid(env: Mapping[str, str]) -> str:
+    oid = (env.get("OPENDMP_PIX_DEVICE_OID") or "").strip()
+    if not oid:
+        oid = (env.get("OPENDMP_HOME_COMMUNITY_ID") or "").strip().removeprefix("urn:oid:")
+    if oid and not is_oid(oid):
+        raise PixConfigError(f"OPENDMP_PIX_DEVICE_OID: not an OID: {oid!r}")
+    return oid or PixConfig.device_oid
+
+
 def _parse_consumer(entry: str) -> Consumer:
+    name, sep, rest = entry.partition("=")
+    rest = rest.strip()
+    if sep and rest.lower().startswith(("http://", "https://")):
+        url, _, doms = rest.partition("#")
+        host = url.split("://", 1)[1].split("/", 1)[0]
+        return Consumer(name.strip(), host, 0,
+                        tuple(d.strip() for d in doms.split("+") if d.strip()), url.strip())
+    if sep and rest.lower().startswith("mllp://"):
+        entry = f"{name}={rest[len('mllp://'):]}"
     try:
         name, rest = entry.split("=", 1)
         addr, _, doms = rest.partition("/")
@@ -128,4 +156,5 @@ def _parse_consumer(entry: str) -> Consumer:
                         tuple(d.strip() for d in doms.split("+") if d.strip()))
     except ValueError:
         raise PixConfigError(
-            f"OPENDMP_PIX_CONSUMERS: expected NAME=HOST:PORT[/DOMAIN+...], got {entry!r}") from None
+            f"OPENDMP_PIX_CONSUMERS: expected NAME=HOST:PORT[/DOMAIN+...] or "
+            f"NAME=http(s)://HOST/PATH[#DOMAIN+...], got {entry!r}") from None

@@ -1,4 +1,5 @@
-"""Durable outbox for ITI-10 PIX Update Notifications.
+"""Durable outbox for PIX Update Notifications: ITI-10 (ADT^A31 over MLLP) and ITI-46
+(PRPA_IN201302UV02 over SOAP 1.2, to consumers configured by URL).
 
 A notification is a row of ``pix_outbox`` written in the same transaction as the change
 it reports, so nothing accepted is lost: if the transaction commits, the notification
@@ -7,8 +8,10 @@ MLLP listener process) sends each consumer's rows strictly in order (``pk``): th
 pending row of a consumer is retried with exponential backoff (1 s, 2 s, 4 s ... capped
 at ``max_backoff``) and nothing newer is sent to that consumer before it is
 acknowledged — a consumer that is down gets everything later, in order. An ``AA``/``CA``
-acknowledgement marks the row DELIVERED; ``AE``/``AR`` marks it REJECTED (the consumer
-refused it: retrying would not help) and the next row goes. Delivery is at least once:
+acknowledgement (MSA-1, or HL7v3 ``acknowledgement/typeCode``) marks the row DELIVERED;
+``AE``/``AR`` (or a SOAP Sender fault) marks it REJECTED (the consumer refused it:
+retrying would not help) and the next row goes; no answer, an HTTP error or a Receiver
+fault is retried. Delivery is at least once:
 a crash between the consumer's ACK and our commit resends that notification.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ from .config import Consumer, PixConfig
 from .model import Identifier
 
 __all__ = ["PENDING", "DELIVERED", "REJECTED", "Notifier", "dispatch_due", "send_mllp",
-           "pending_count", "msa_code"]
+           "send_soap", "pending_count", "msa_code"]
 
 log = logging.getLogger("opendmp.pix.outbox")
 
@@ -48,14 +51,17 @@ class Notifier:
 
     def __call__(self, conn: Connection, identifiers: Sequence[Identifier]) -> None:
         from .hl7v2.iti10 import a31, for_consumer
+        from .hl7v3.iti46 import notification
 
         now = _now_ms()
         for consumer in self.config.consumers:
             ids = for_consumer(self.config, consumer, identifiers)
             if not ids:
                 continue
+            message = notification(self.config, consumer, ids) if consumer.url \
+                else a31(self.config, consumer, ids).encode()
             conn.execute(insert(O).values(
-                consumer=consumer.name, message=a31(self.config, consumer, ids).encode(),
+                consumer=consumer.name, message=message,
                 state=PENDING, attempts=0, created_at=now, next_attempt_at=now))
 
 
@@ -72,6 +78,31 @@ def send_mllp(consumer: Consumer, message: bytes, timeout: float = 10.0) -> str:
     return msa_code(buf.split(b"\x1c\r", 1)[0].lstrip(b"\x0b"))
 
 
+def send_soap(consumer: Consumer, message: bytes, timeout: float = 10.0) -> str:
+    """ITI-46: POST one PRPA_IN201302UV02 to the consumer's URL, return its
+    ``acknowledgement/typeCode`` (``FAULT`` for a Sender fault; raises OSError when the
+    consumer cannot be reached or answers with an HTTP/Receiver error)."""
+    import httpx
+
+    from soapstack.client import SoapClient
+    from soapstack.envelope import SoapFault
+
+    from .hl7v3.iti46 import ACTION, ack_code
+
+    client = SoapClient(consumer.url, timeout=timeout)
+    try:
+        reply = client.call(ACTION, message)
+        return ack_code(reply.payload)
+    except SoapFault as fault:
+        if fault.code == "Sender":
+            return "FAULT"
+        raise OSError(f"SOAP fault: {fault.reason}") from None
+    except (httpx.HTTPError, StopIteration) as exc:
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+
+
 def msa_code(ack: bytes) -> str:
     """MSA-1 of a consumer's acknowledgement (raises OSError when there is none)."""
     text = ack.decode("utf-8", "replace")
@@ -82,10 +113,11 @@ def msa_code(ack: bytes) -> str:
 
 
 def dispatch_due(engine: Engine, config: PixConfig, *, max_backoff_s: float = 300.0,
-                 send=send_mllp, limit: int = 100) -> int:
+                 send=send_mllp, limit: int = 100, send_v3=None) -> int:
     """Send what is due for every consumer, in order; returns how many rows were settled."""
     settled = 0
     for consumer in config.consumers:
+        deliver = (send_v3 or send_soap) if consumer.url else send
         for _ in range(limit):
             with read_transaction(engine) as conn:
                 row = conn.execute(select(O.c.pk, O.c.message, O.c.attempts, O.c.next_attempt_at)
@@ -94,14 +126,14 @@ def dispatch_due(engine: Engine, config: PixConfig, *, max_backoff_s: float = 30
             if row is None or row.next_attempt_at > _now_ms():
                 break
             try:
-                code = send(consumer, row.message)
+                code = deliver(consumer, row.message)
             except OSError as exc:
                 delay = min(max_backoff_s, 2 ** min(row.attempts, 16))
                 with write_transaction(engine) as conn:
                     conn.execute(update(O).where(O.c.pk == row.pk).values(
                         attempts=row.attempts + 1, last_error=str(exc)[:500],
                         next_attempt_at=_now_ms() + int(delay * 1000)))
-                log.warning("ITI-10 to %s failed (attempt %d, next in %.0f s): %s",
+                log.warning("ITI-10/46 to %s failed (attempt %d, next in %.0f s): %s",
                             consumer.name, row.attempts + 1, delay, exc)
                 break
             state = DELIVERED if code in ("AA", "CA") else REJECTED
@@ -110,7 +142,7 @@ def dispatch_due(engine: Engine, config: PixConfig, *, max_backoff_s: float = 30
                     state=state, attempts=row.attempts + 1, done_at=_now_ms(),
                     last_error=None if state == DELIVERED else f"MSA-1={code}"))
             if state == REJECTED:
-                log.warning("ITI-10 notification %d refused by %s (MSA-1=%s)",
+                log.warning("ITI-10/46 notification %d refused by %s (ack %s)",
                             row.pk, consumer.name, code)
             settled += 1
     return settled
