@@ -29,6 +29,7 @@ import socket
 import statistics
 import sys
 import time
+import uuid
 
 import psycopg
 
@@ -134,6 +135,49 @@ def query_message(i: int, tag: int) -> bytes:
         f"QPD|IHE PIX Query|T{tag}|{ipp_of(i)}^^^HOSP&{LOCAL}&ISO^PI\rRCP|I\r")
 
 
+V3 = "urn:hl7-org:v3"
+
+
+def iti45_body(i: int) -> bytes:
+    """A PRPA_IN201309UV02 asking for patient ``i``'s identifiers by its local id."""
+    return f"""<PRPA_IN201309UV02 xmlns="{V3}" ITSVersion="XML_1.0">
+ <id root="{uuid.uuid4()}"/><creationTime value="20260101120000"/>
+ <interactionId root="2.16.840.1.113883.1.6" extension="PRPA_IN201309UV02"/>
+ <processingCode code="P"/><processingModeCode code="T"/><acceptAckCode code="AL"/>
+ <receiver typeCode="RCV"><device classCode="DEV" determinerCode="INSTANCE"><id root="1.2.250.1.999.1"/></device></receiver>
+ <sender typeCode="SND"><device classCode="DEV" determinerCode="INSTANCE"><id root="1.2.250.1.999.3"/></device></sender>
+ <controlActProcess classCode="CACT" moodCode="EVN">
+  <code code="PRPA_TE201309UV02" codeSystem="2.16.840.1.113883.1.18"/>
+  <queryByParameter><queryId root="1.2.250.1.999.2" extension="{uuid.uuid4().hex}"/>
+   <statusCode code="new"/><responsePriorityCode code="I"/>
+   <parameterList><patientIdentifier><value root="{LOCAL}" extension="{ipp_of(i)}"/>
+    <semanticsText>Patient.Id</semanticsText></patientIdentifier></parameterList>
+  </queryByParameter></controlActProcess></PRPA_IN201309UV02>""".encode()
+
+
+def _v3_client(conn, url: str, index: int, n_patients: int, t_start: float,
+               t_end: float) -> None:
+    """ITI-45 over SOAP 1.2 on one keep-alive HTTP connection."""
+    from soapstack.client import SoapClient
+
+    rng = random.Random(index)
+    client = SoapClient(url)
+    lat, errors, ops = [], 0, 0
+    while time.perf_counter() < t_start:
+        time.sleep(0.001)
+    while time.perf_counter() < t_end:
+        body = iti45_body(rng.randrange(n_patients))
+        t0 = time.perf_counter()
+        reply = client.call("urn:hl7-org:v3:PRPA_IN201309UV02", body)
+        lat.append(time.perf_counter() - t0)
+        ops += 1
+        code = reply.payload.xpath("string(//*[local-name()='queryResponseCode']/@code)")
+        errors += code != "OK"
+    client.close()
+    conn.send((ops, errors, lat))
+    conn.close()
+
+
 def _client(conn, kind: str, port: int, index: int, base: int, n_patients: int,
             t_start: float, t_end: float) -> None:
     rng = random.Random(index)
@@ -166,7 +210,7 @@ def _client(conn, kind: str, port: int, index: int, base: int, n_patients: int,
     conn.close()
 
 
-def run_phase(kind: str, port: int, connections: int, seconds: float, base: int,
+def run_phase(kind: str, port, connections: int, seconds: float, base: int,
               n_patients: int, warmup: float = 1.0) -> dict:
     ctx = mp.get_context("fork")
     t_start = time.perf_counter() + 0.5
@@ -175,8 +219,11 @@ def run_phase(kind: str, port: int, connections: int, seconds: float, base: int,
     t_end = t_start + warmup + seconds
     for i in range(connections):
         parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_client, args=(child, kind, port, i, base, n_patients,
-                                              t_start, t_end))
+        if kind == "iti45":
+            p = ctx.Process(target=_v3_client, args=(child, port, i, n_patients, t_start, t_end))
+        else:
+            p = ctx.Process(target=_client, args=(child, kind, port, i, base, n_patients,
+                                                  t_start, t_end))
         p.start()
         procs.append(p)
         pipes.append(parent)
@@ -260,6 +307,10 @@ def main(argv=None) -> int:
         for c in conns:
             log(f"ITI-9 queries, {c} connection(s) ...")
             rows.append(run_phase("query", port, c, a.seconds, base, a.patients))
+        for c in conns:
+            log(f"ITI-45 queries (HL7v3 over SOAP), {c} connection(s) ...")
+            rows.append(run_phase("iti45", server.url("/pix/v3"), c, a.seconds, base,
+                                  a.patients))
         facts = server_facts(url)
         print(f"\n## PIX Manager over MLLP, PostgreSQL {facts['version']} "
               f"(fsync={facts['fsync']}, synchronous_commit={facts['synchronous_commit']})\n")
@@ -271,7 +322,8 @@ def main(argv=None) -> int:
         print("| transaction | connections | messages | errors | per second | p50 ms | p99 ms | mean ms |")
         print("|---|---|---|---|---|---|---|---|")
         for r in rows:
-            name = "ITI-8 ADT^A01 (new patient + INS)" if r["kind"] == "feed" else "ITI-9 QBP^Q23"
+            name = {"feed": "ITI-8 ADT^A01 (new patient + INS)", "query": "ITI-9 QBP^Q23",
+                    "iti45": "ITI-45 PRPA_IN201309UV02 (SOAP)"}[r["kind"]]
             print(f"| {name} | {r['connections']} | {r['ops']:,} | {r['errors']} | "
                   f"{r['rate']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['mean']:.2f} |")
         print("\nQuery plans (EXPLAIN ANALYZE of the two ITI-9 statements):\n```")
