@@ -252,6 +252,14 @@ class PhaseResult:
         lat = sorted(self.latencies)
         return 1000 * lat[min(len(lat) - 1, max(0, int(round(q * len(lat))) - 1))]
 
+    def cpu_ms_per_request(self, part: str) -> float:
+        """CPU milliseconds per request of ``part`` (server, postgres, clients): the cost
+        of a request, which other load on the machine barely changes."""
+        if not self.count:
+            return float("nan")
+        ncpu = os.cpu_count() or 1
+        return self.cpu[part] / 100 * ncpu * self.seconds / self.count * 1000
+
     @property
     def mean_results(self) -> float:
         return self.results / self.count if self.count else 0.0

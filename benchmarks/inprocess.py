@@ -56,14 +56,18 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra OPENDMP_* setting of the application, e.g. "
+                        "OPENDMP_AUDIT_REPOSITORIES=none (repeatable)")
     a = p.parse_args(argv)
+    extra = dict(kv.split("=", 1) for kv in a.env)
     with BenchCluster() as cluster:
         url = cluster.create_database("opendmp_bench")
         migrate(url)
         ds = Dataset(url, seed=a.seed)
         ds.load(a.patients, a.entries, log=lambda m: None)
         app = create_app(Settings.from_env({"OPENDMP_DATABASE_URL": url,
-                                            "OPENDMP_HOME": cluster.base_dir}))
+                                            "OPENDMP_HOME": cluster.base_dir, **extra}))
         endpoint = "http://127.0.0.1:8080/xds/registry"
         workloads = [
             C.register(endpoint, ds.patients_cx, ds.root + ".8"),
@@ -71,7 +75,8 @@ def main(argv=None) -> int:
             C.get_documents(endpoint, ds.values.document_uuid, ds.submissions),
         ]
         print(f"{a.entries:,} entries, {a.patients:,} patients; {a.requests:,} requests per "
-              "operation, one thread, WSGI app called directly\n")
+              "operation, one thread, WSGI app called directly"
+              + (f"; {' '.join(a.env)}" if a.env else "") + "\n")
         print("| operation | CPU ms/request | wall ms/request | waiting (wall − CPU) ms |")
         print("|---|---:|---:|---:|")
         profiles = {}

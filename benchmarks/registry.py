@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=4, help="threads per worker (default: the "
                    "product default, 4)")
     p.add_argument("--shared-buffers", default="1GB")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra environment of the server, e.g. OPENDMP_AUDIT_REPOSITORIES=none "
+                        "(repeatable)")
     p.add_argument("--batch", type=int, default=20_000, help="submissions per COPY transaction")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the results as JSON to this file")
@@ -111,8 +115,14 @@ def machine_facts() -> dict:
             mem = int(next(l for l in f if l.startswith("MemTotal")).split()[1]) // 1024 // 1024
     except (OSError, StopIteration):
         pass
+    try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=benchmarks.ROOT,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": model, "ram_gb": mem,
-            "kernel": platform.release(), "python": platform.python_version()}
+            "kernel": platform.release(), "python": platform.python_version(),
+            "revision": rev or "unknown"}
 
 
 def pool_facts(url: str) -> str:
@@ -176,8 +186,9 @@ def detail_table(rows: list[dict]) -> str:
     out = [
         "| entries | phase | clients | req/s | p50 ms | p90 ms | p99 ms | max ms | errors "
         "| results/answer | CPU % clients | CPU % server (per worker) | CPU % postgres "
-        "| CPU % foreign | CPU % machine | discarded runs (req/s) |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU % foreign | CPU % machine | CPU ms/req server / postgres / client "
+        "| discarded runs (req/s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         for mode in ("single", "multi"):
@@ -192,6 +203,9 @@ def detail_table(rows: list[dict]) -> str:
                     f"({'/'.join(str(v) for v in x.cpu['server_split'] if v)}) "
                     f"| {x.cpu['postgres']:.0f} | {x.cpu['foreign']:.0f}{mark(x)} "
                     f"| {x.cpu['machine']:.0f} "
+                    f"| {x.cpu_ms_per_request('server'):.2f} / "
+                    f"{x.cpu_ms_per_request('postgres'):.2f} / "
+                    f"{x.cpu_ms_per_request('clients'):.2f} "
                     f"| {', '.join(f'{d:,.0f}' for d in x.discarded) or '–'} |")
     return "\n".join(out)
 
@@ -278,7 +292,8 @@ def run(a: argparse.Namespace) -> int:
         log("building templates (ITI-42 code path in SQLite)")
         ds = Dataset(url, seed=a.seed, batch=a.batch)
         server = ServerProcess(url, env={"OPENDMP_WORKERS": a.workers,
-                                         "OPENDMP_THREADS": a.threads})
+                                         "OPENDMP_THREADS": a.threads,
+                                         **dict(kv.split("=", 1) for kv in a.server_env)})
         server.start()
         pool = pool_facts(url)
         log(f"server {server.base_url} (gunicorn gthread {a.workers} workers x {a.threads} "
@@ -329,6 +344,8 @@ def run(a: argparse.Namespace) -> int:
                         f" srv {r.cpu['server']:.0f} {r.cpu['server_split']} "
                         f"pg {r.cpu['postgres']:.0f} foreign {r.cpu['foreign']:.0f} "
                         f"{r.cpu['others_top']} all {r.cpu['machine']:.0f}"
+                        + f"  CPU ms/req srv {r.cpu_ms_per_request('server'):.2f} "
+                        f"pg {r.cpu_ms_per_request('postgres'):.2f}"
                         + (f"\n    first error: {r.error_sample}" if r.errors else ""))
             rows.append(row)
         finished = dt.datetime.now().astimezone()
@@ -356,6 +373,7 @@ def render(a, machine, pg, pool, rows, explains, started, finished) -> str:
         f"## OpenDMP registry benchmark — {started:%Y-%m-%d %H:%M %Z} "
         f"({(finished - started).total_seconds() / 60:.0f} min)",
         "",
+        f"Product: git {machine['revision']}. "
         f"Machine: {machine['nproc']} CPUs ({machine['cpu']}), {machine['ram_gb']} GB RAM, "
         f"Linux {machine['kernel']}, Python {machine['python']}. "
         f"PostgreSQL {pg['version']}: shared_buffers={pg['shared_buffers']}, "
@@ -363,7 +381,9 @@ def render(a, machine, pg, pool, rows, explains, started, finished) -> str:
         f"commit waits for its WAL flush), full_page_writes={pg['full_page_writes']}, "
         f"TOAST {pg['default_toast_compression']}, loopback TCP. "
         f"Server: gunicorn gthread, {a.workers} workers x {a.threads} threads, "
-        f"SQLAlchemy pool {pool} per worker, access log on. "
+        f"SQLAlchemy pool {pool} per worker, access log on"
+        + (f", {' '.join(a.server_env)}" if a.server_env else ", product defaults (ATNA "
+           "auditing of every transaction on)") + ". "
         f"Load generator: {a.clients} client processes (throughput) or 1 (latency), closed "
         f"loop, httpx keep-alive, on the same machine (its CPU share is in the detail table). "
         f"Warm cache: the dataset fits in RAM. {a.seconds:g} s measured per phase after "
@@ -418,7 +438,9 @@ def dump_json(path, a, machine, pg, pool, rows, explains, started, finished) -> 
         return {"clients": r.clients, "seconds": r.seconds, "count": r.count, "rate": r.rate,
                 "p50_ms": r.pct(.5), "p90_ms": r.pct(.9), "p99_ms": r.pct(.99),
                 "max_ms": r.pct(1.0), "errors": r.errors, "mean_results": r.mean_results,
-                "cpu_percent": r.cpu}
+                "cpu_percent": r.cpu, "discarded_rates": r.discarded,
+                "cpu_ms_per_request": {k: r.cpu_ms_per_request(k)
+                                       for k in ("server", "postgres", "clients")}}
 
     data = {
         "started": started.isoformat(), "finished": finished.isoformat(),
