@@ -13,6 +13,7 @@ from registry.service import registry_endpoint
 from repository.actor import open_repository
 from repository.service import repository_endpoint
 from soapstack.wsgi import SoapApplication
+from xua.config import xua_step
 
 from .config import ROOT, Settings
 from .db import make_engine
@@ -43,4 +44,6 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
         max_mtom_body=settings.max_mtom_request_bytes,
         health=health,
         extra_routes={**cda_routes(engine, repository), **audit_routes},
+        # XUA (xua/, soapstack/wssecurity.py): OPENDMP_XUA=required|optional|off
+        security=xua_step(settings.env, settings.home),
     )

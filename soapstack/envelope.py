@@ -68,6 +68,9 @@ class SoapRequest:
     #: transport facts an actor or audit may need (peer address, TLS subject).
     remote_addr: str | None = None
     peer_subject: str | None = None
+    #: who is asking, for whom, how (:class:`xua.identity.IdentityContext`), set by the
+    #: XUA step from the verified assertion; None without one (XUA optional/off).
+    identity: object | None = None
 
     @property
     def payload(self) -> etree._Element:
@@ -96,8 +99,11 @@ def _is_true(value: str | None) -> bool:
     return value in ("true", "1")
 
 
-def parse_envelope(data: bytes) -> SoapRequest:
-    """Parse a SOAP 1.2 envelope, check mustUnderstand headers and WS-Addressing."""
+def parse_envelope(data: bytes, understood: frozenset[str] = frozenset()) -> SoapRequest:
+    """Parse a SOAP 1.2 envelope, check mustUnderstand headers and WS-Addressing.
+
+    ``understood``: further header QNames a later step processes (``wsse:Security`` when
+    XUA verification is on, :mod:`soapstack.wssecurity`)."""
     try:
         root = parse_xml(data)
     except XmlRejected as exc:
@@ -125,7 +131,7 @@ def parse_envelope(data: bytes) -> SoapRequest:
                 message_id = (block.text or "").strip()
             elif block.tag == qn(WSA, "To"):
                 to = (block.text or "").strip()
-            elif block.tag not in UNDERSTOOD_HEADERS and _is_true(
+            elif block.tag not in UNDERSTOOD_HEADERS and block.tag not in understood and _is_true(
                 block.get(qn(SOAP12, "mustUnderstand"))
             ):
                 not_understood.append(block.tag)

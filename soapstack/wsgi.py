@@ -88,6 +88,7 @@ class SoapApplication:
         max_mtom_body: int | None = None,
         readers: dict[str, MessageReader] | None = None,
         extra_routes: dict[str, Callable] | None = None,
+        security: Callable[[SoapRequest], None] | None = None,
     ) -> None:
         self.endpoints = {ep.path: ep for ep in endpoints}
         self.schema_dir = schema_dir.resolve()
@@ -98,6 +99,10 @@ class SoapApplication:
         #: body readers by media type (``multipart/related`` is MTOM/XOP).
         self.readers = {"multipart/related": read_mtom, **(readers or {})}
         self.extra_routes = extra_routes or {}
+        #: WS-Security/XUA step (xua.config.XuaStep): verifies the header and sets
+        #: request.identity before any actor sees the request, or raises a SoapFault.
+        self.security = security
+        self.understood = getattr(security, "understood", frozenset())
 
     # ------------------------------------------------------------------ WSGI
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -134,11 +139,13 @@ class SoapApplication:
                 data, attachments = reader(environ, limit)
             except RequestTooLarge:
                 raise SoapFault(f"request body exceeds the limit of {limit} bytes") from None
-            request = parse_envelope(data)
+            request = parse_envelope(data, self.understood)
             relates_to = request.message_id
             request.attachments = attachments
             request.remote_addr = environ.get("REMOTE_ADDR")
             request.peer_subject = _peer_subject(environ)
+            if self.security is not None:
+                self.security(request)
             op = endpoint.by_action.get(request.action)
             if op is None:
                 raise SoapFault(
@@ -164,6 +171,9 @@ class SoapApplication:
                 relates_to,
             )
         body = envelope_chunks(response.action, relates_to, response.body)
+        signer = getattr(self.security, "sign_response", None)
+        if signer is not None and response.attachments is None:
+            body = [signer(b"".join(body))]  # WSS signature over Body + Timestamp (xua)
         if response.attachments is None:
             start_response("200 OK", [("Content-Type", _soap_content_type(response.action))])
         else:  # MTOM/XOP (SOAP 1.2 MTOM §3): length known from the part sizes, body streamed
