@@ -24,6 +24,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -175,7 +176,10 @@ class Auditor:
                 waiters.append(item)
                 continue
             try:
-                payloads.append(pack(self._xml(item()), when_us))
+                ds = item()
+                if ds.when is None:  # the event's time, not the spool writer's
+                    ds.when = datetime.fromtimestamp(when_us / 1_000_000, timezone.utc)
+                payloads.append(pack(self._xml(ds), when_us))
             except Exception:  # noqa: BLE001
                 log.exception("could not build an audit message")
         try:

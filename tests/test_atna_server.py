@@ -317,7 +317,9 @@ def test_malformed_frames_and_non_audit_payloads_are_counted_and_the_arr_survive
 @pytest.mark.parametrize("how", ["stop", "kill9"])
 def test_an_arr_that_was_down_receives_every_message_once_in_order(server_factory, pki_dir, how):
     arr_srv = server_factory(env={**pki_env(pki_dir), "OPENDMP_AUDIT_REPOSITORIES": "none"})
-    node = server_factory(env={**pki_env(pki_dir),
+    # OPENDMP_AUDIT_SYNC: each transaction's message is in the spool before its answer, so
+    # the spool's order is the order of the (sequential) transactions across both workers.
+    node = server_factory(env={**pki_env(pki_dir), "OPENDMP_AUDIT_SYNC": "1",
                                "OPENDMP_AUDIT_REPOSITORIES": f"tls://127.0.0.1:{tls_port(arr_srv)}"})
     patient = F.new_ins()
     node.run_cli(["patient", "add", patient])

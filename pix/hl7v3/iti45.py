@@ -19,7 +19,7 @@ from lxml import etree
 from ..manager import PixManager
 from ..model import ErrorKind, Identifier, PixError, Query
 from .ack import Detail, acknowledgement, detail_from, wrapper
-from .message import NS, Header, Xp, first, ii, v3
+from .message import NS, Header, Xp, first, ii, patient_registration, v3
 
 __all__ = ["QUERY", "RESPONSE", "parse_query", "response"]
 
@@ -84,24 +84,7 @@ def response(mgr: PixManager, root: etree._Element, header: Header,
     etree.SubElement(cap, v3("code"), code="PRPA_TE201310UV02",
                      codeSystem="2.16.840.1.113883.1.18")
     if found:
-        subj = etree.SubElement(cap, v3("subject"), typeCode="SUBJ")
-        reg = etree.SubElement(subj, v3("registrationEvent"), classCode="REG", moodCode="EVN")
-        etree.SubElement(reg, v3("statusCode"), code="active")
-        s1 = etree.SubElement(reg, v3("subject1"), typeCode="SBJ")
-        pat = etree.SubElement(s1, v3("patient"), classCode="PAT")
-        for i in found:
-            d = mgr.domain(i.domain)
-            el = etree.SubElement(pat, v3("id"), root=d.universal_id if d and d.universal_id
-                                  else i.domain, extension=i.id)
-            if d is not None and d.namespace:
-                el.set("assigningAuthorityName", d.namespace)
-        etree.SubElement(pat, v3("statusCode"), code="active")
-        person = etree.SubElement(pat, v3("patientPerson"), classCode="PSN",
-                                  determinerCode="INSTANCE")
-        etree.SubElement(person, v3("name"), nullFlavor="NA")
-        cust = etree.SubElement(reg, v3("custodian"), typeCode="CST")
-        ae = etree.SubElement(cust, v3("assignedEntity"), classCode="ASSIGNED")
-        etree.SubElement(ae, v3("id"), root=cfg.device_oid)
+        patient_registration(cap, found, mgr.domain, cfg.device_oid)
     qa = etree.SubElement(cap, v3("queryAck"))
     qbp = _qbp(root)
     qid = first(qbp, "v3:queryId")

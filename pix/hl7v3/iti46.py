@@ -13,7 +13,7 @@ from lxml import etree
 from ..config import Consumer, PixConfig
 from ..model import Identifier
 from .ack import serialize, wrapper
-from .message import first, v3
+from .message import first, patient_registration, v3
 
 __all__ = ["ACTION", "ACK_ACTION", "notification", "ack_code"]
 
@@ -28,25 +28,7 @@ def notification(config: PixConfig, consumer: Consumer,
     cap = etree.SubElement(root, v3("controlActProcess"), classCode="CACT", moodCode="EVN")
     etree.SubElement(cap, v3("code"), code="PRPA_TE201302UV02",
                      codeSystem="2.16.840.1.113883.1.18")
-    subj = etree.SubElement(cap, v3("subject"), typeCode="SUBJ", contextConductionInd="false")
-    reg = etree.SubElement(subj, v3("registrationEvent"), classCode="REG", moodCode="EVN")
-    etree.SubElement(reg, v3("id"), nullFlavor="NA")
-    etree.SubElement(reg, v3("statusCode"), code="active")
-    s1 = etree.SubElement(reg, v3("subject1"), typeCode="SBJ")
-    pat = etree.SubElement(s1, v3("patient"), classCode="PAT")
-    for i in identifiers:
-        d = config.by_key(i.domain)
-        el = etree.SubElement(pat, v3("id"), root=d.universal_id if d and d.universal_id
-                              else i.domain, extension=i.id)
-        if d is not None and d.namespace:
-            el.set("assigningAuthorityName", d.namespace)
-    etree.SubElement(pat, v3("statusCode"), code="active")
-    person = etree.SubElement(pat, v3("patientPerson"), classCode="PSN",
-                              determinerCode="INSTANCE")
-    etree.SubElement(person, v3("name"), nullFlavor="NA")
-    cust = etree.SubElement(reg, v3("custodian"), typeCode="CST")
-    ae = etree.SubElement(cust, v3("assignedEntity"), classCode="ASSIGNED")
-    etree.SubElement(ae, v3("id"), root=config.device_oid)
+    patient_registration(cap, identifiers, config.by_key, config.device_oid, notification=True)
     return serialize(root)
 
 

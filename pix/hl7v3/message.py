@@ -115,3 +115,33 @@ class Xp:
     PRIOR = ("/{m}/controlActProcess/subject/registrationEvent/replacementOf/"
              "priorRegistration/subject1/priorRegisteredRole")
     QUERY = "/{m}/controlActProcess/queryByParameter/parameterList"
+
+
+def patient_registration(parent: etree._Element, identifiers, domain_of, device_oid: str,
+                         *, notification: bool = False) -> None:
+    """``subject/registrationEvent`` naming a patient by all its identifiers, as the PIX
+    Manager answers (ITI-45, PRPA_IN201310UV02) and notifies (ITI-46, PRPA_IN201302UV02).
+    ``domain_of(key)`` gives an identifier domain's configuration (universal id, namespace)."""
+    attrs = {"typeCode": "SUBJ"}
+    if notification:
+        attrs["contextConductionInd"] = "false"
+    subj = etree.SubElement(parent, v3("subject"), **attrs)
+    reg = etree.SubElement(subj, v3("registrationEvent"), classCode="REG", moodCode="EVN")
+    if notification:
+        etree.SubElement(reg, v3("id"), nullFlavor="NA")
+    etree.SubElement(reg, v3("statusCode"), code="active")
+    s1 = etree.SubElement(reg, v3("subject1"), typeCode="SBJ")
+    pat = etree.SubElement(s1, v3("patient"), classCode="PAT")
+    for i in identifiers:
+        d = domain_of(i.domain)
+        el = etree.SubElement(pat, v3("id"), root=d.universal_id if d and d.universal_id
+                              else i.domain, extension=i.id)
+        if d is not None and d.namespace:
+            el.set("assigningAuthorityName", d.namespace)
+    etree.SubElement(pat, v3("statusCode"), code="active")
+    person = etree.SubElement(pat, v3("patientPerson"), classCode="PSN",
+                              determinerCode="INSTANCE")
+    etree.SubElement(person, v3("name"), nullFlavor="NA")
+    cust = etree.SubElement(reg, v3("custodian"), typeCode="CST")
+    ae = etree.SubElement(cust, v3("assignedEntity"), classCode="ASSIGNED")
+    etree.SubElement(ae, v3("id"), root=device_oid)
