@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import random
 import shutil
@@ -227,8 +228,13 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true")
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--sort", default="tottime,cumulative")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra OPENDMP_* setting for the application (also put in os.environ, "
+                        "which some components read), for A/B comparisons; repeatable")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
+    extra_env = dict(x.split("=", 1) for x in a.env)
+    os.environ.update(extra_env)
     wanted = [s.strip() for s in a.sizes.split(",")]
     home = Path(tempfile.mkdtemp(prefix="opendmp-bench-inproc-"))
     cluster = None
@@ -243,10 +249,11 @@ def main(argv=None) -> int:
         migrate(url)
         patients = [cx for cx, _ in R.register_patients(url, 200, a.seed)]
         app = create_app(Settings.from_env({"OPENDMP_DATABASE_URL": url,
-                                            "OPENDMP_HOME": str(home)}))
+                                            "OPENDMP_HOME": str(home), **extra_env}))
         repo_uid = (home / "repository-unique-id").read_text().strip()
         endpoint = "http://127.0.0.1:8080/xds/repository"
-        print(f"{R.db_facts(a.db, url)}; one thread, WSGI app called directly\n")
+        print(f"{R.db_facts(a.db, url)}; one thread, WSGI app called directly"
+              + (f"; {' '.join(a.env)}" if a.env else "") + "\n")
         print("| operation | document | requests | CPU ms/request | wall ms/request "
               "| waiting (wall − CPU) ms |")
         print("|---|---|---:|---:|---:|---:|")

@@ -19,7 +19,8 @@ import threading
 
 from .profile import worker_pids
 
-__all__ = ["worker_pids", "http_workers", "status", "reset_peak", "Sampler"]
+__all__ = ["worker_pids", "http_workers", "status", "rollup", "reset_peak", "Sampler",
+           "current"]
 
 
 def _listening_inodes(port: int) -> set[str]:
@@ -64,6 +65,23 @@ def status(pid: int) -> dict[str, int]:
                     out[name] = int(value.split()[0]) * 1024
     except OSError:
         pass
+    return out
+
+
+def rollup(pid: int) -> dict[str, int]:
+    """``Rss``, ``Pss`` and ``Private`` (clean + dirty) from ``/proc/<pid>/smaps_rollup``,
+    in bytes: RSS counts the pages shared with the gunicorn master (interpreter, imported
+    modules) in full, PSS shares them out, Private is what this worker alone holds."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
+                    out[name] = int(rest.split()[0]) * 1024
+    except OSError:
+        return {}
+    out["Private"] = out.pop("Private_Clean", 0) + out.pop("Private_Dirty", 0)
     return out
 
 
