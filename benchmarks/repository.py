@@ -37,9 +37,11 @@ repository may cross-check them). No hash is sent (the repository computes it).
    before each request and VmRSS polled every 20 ms).
 
 Clients are forked processes (the GIL would otherwise cap the generator), closed loop,
-on the same machine; CPU shares are sampled as in benchmarks.registry. Prints one
-markdown table and the machine facts; asserts nothing about timings. See
-benchmarks/README.md.
+on the same machine. CPU is read from /proc at both ends of each window (server process
+group, PostgreSQL, clients, and other processes); a run during which other processes
+took more than 10 % of the machine is measured again (``--retries``). Prints one markdown
+table and the machine facts; asserts nothing about timings. Where the server's time goes:
+``python -m benchmarks.repository_inprocess --breakdown``. See benchmarks/README.md.
 """
 from __future__ import annotations
 
@@ -879,11 +881,12 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
     def rss_cells(fn) -> list[str]:
         return [fn(cda_runs[d.label]) if d.label in cda_runs else "–" for d in docs]
 
-    base_split = (f"{_mib(BASELINE_ROLLUP.get('Pss', 0))} / {_mib(BASELINE_ROLLUP.get('Private', 0))}"
-                  if BASELINE_ROLLUP else "–")
+    pss, private = BASELINE_ROLLUP.get("Pss", 0), BASELINE_ROLLUP.get("Private", 0)
+    base_split = f"{_mib(pss)} / {_mib(private)}" if BASELINE_ROLLUP else "–"
 
     def peak(value: int) -> str:
-        return f"{_mib(value)} (+{_mib(value - baseline)})"
+        delta = (value - baseline) / MIB
+        return f"{_mib(value)} ({'+' if delta > -0.05 else '−'}{abs(delta):.1f})"
 
     rows = [
         head, sep,
@@ -917,7 +920,8 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
         row("CPU % used by other processes during the runs: ITI-41 1 cl. / n cl., ITI-43 "
             "1 cl. / n cl.", per_doc(lambda x: " / ".join(
                 f"{x[k].cpu['foreign']:.0f}" if x.get(k) is not None else "–"
-                for k in ("411", "41n", "431", "43n"))), target=f"< {FOREIGN_LIMIT:g} (else re-run)"),
+                for k in ("411", "41n", "431", "43n"))),
+            target=f"< {FOREIGN_LIMIT:g} (else re-run)"),
         row("worker RSS MiB, baseline (1 worker, after warm-up)",
             rss_cells(lambda r: _mib(baseline)), [_mib(baseline) for _ in big]),
         row("worker PSS / private MiB at baseline (RSS counts pages shared with the master)",
