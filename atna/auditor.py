@@ -137,17 +137,22 @@ class Auditor:
             log.exception("could not spool an audit message (%s)", ds.event_type)
             return None
 
-    def submit(self, make_dataset: Callable[[], AuditDataset]) -> None:
+    def submit(self, make_dataset: Callable[[], AuditDataset | list[AuditDataset]]) -> None:
+        """Queue ``make_dataset`` (which may return several datasets, or none)."""
         if not self.enabled:
             return
         if self.sync:
             try:
-                self.emit(make_dataset())
+                made = make_dataset()
+                for ds in made if isinstance(made, list) else [made]:
+                    self.emit(ds)
             except Exception:  # noqa: BLE001
                 log.exception("could not build an audit message")
             return
         self._ensure_thread()
         self._queue.put((int(time.time() * 1_000_000), make_dataset))
+
+    submit_many = submit
 
     def _ensure_thread(self) -> None:
         if self._thread is not None and self._thread_pid == os.getpid():
@@ -176,10 +181,11 @@ class Auditor:
                 waiters.append(item)
                 continue
             try:
-                ds = item()
-                if ds.when is None:  # the event's time, not the spool writer's
-                    ds.when = datetime.fromtimestamp(when_us / 1_000_000, timezone.utc)
-                payloads.append(pack(self._xml(ds), when_us))
+                made = item()
+                for ds in made if isinstance(made, list) else [made]:
+                    if ds.when is None:  # the event's time, not the spool writer's
+                        ds.when = datetime.fromtimestamp(when_us / 1_000_000, timezone.utc)
+                    payloads.append(pack(self._xml(ds), when_us))
             except Exception:  # noqa: BLE001
                 log.exception("could not build an audit message")
         try:

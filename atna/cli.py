@@ -66,12 +66,31 @@ def _audit_stats(args: argparse.Namespace) -> int:
 
 
 def _audit_history(args: argparse.Namespace) -> int:
-    """The patient's access history (CSP art. L. 1111-19): who read or wrote their record."""
-    args.since = args.since or []
-    ns = argparse.Namespace(patient=[args.patient], since=args.since, until=[], event=[],
-                            transaction=[], user=[], entity=[], outcome=[], address=[], source=[],
-                            limit=args.limit, json=args.json, xml=False)
-    return _audit_list(ns)
+    """The patient's access history (CSP art. L. 1111-19, :mod:`atna.history`): who
+    consulted, submitted, retrieved what in their record, when, how; refusals included."""
+    from opendmp.db import make_engine, migrate, read_transaction
+
+    from .auditor import AuditSettings
+    from .http import patient_history
+
+    settings = _settings()
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    own = AuditSettings.from_env(settings.env).source_id
+    with read_transaction(engine) as conn:
+        found = patient_history(conn, args.patient, args.limit, own)
+    if args.json:
+        print(json.dumps({"patient": args.patient, "count": len(found),
+                          "accesses": [a.to_json() for a in found]}, indent=1, ensure_ascii=False))
+        return 0
+    for a in found:
+        who = a.user_name or a.user or "-"
+        print(f"{a.to_json()['time']}  {a.access:<16} {a.transaction or '-':<7} {a.result:<8} "
+              f"by={who} node={a.node or '-'} mode={a.access_mode or '-'}"
+              f"{' docs=' + ','.join(a.documents) if a.documents else ''}"
+              f"{' set=' + a.submission_set if a.submission_set else ''}")
+    print(f"{len(found)} access(es)", file=sys.stderr)
+    return 0
 
 
 def _ca_init(args: argparse.Namespace) -> int:
@@ -111,8 +130,7 @@ def register(subparsers) -> None:
     lst.add_argument("--xml", action="store_true", help="with --json: include the original XML")
     lst.set_defaults(func=_audit_list)
     hist = audit_sub.add_parser("history", help="a patient's access history")
-    hist.add_argument("patient", help="patient id (CX)")
-    hist.add_argument("--since", action="append")
+    hist.add_argument("patient", help="patient id (CX), e.g. the INS")
     hist.add_argument("--limit", type=int, default=1000)
     hist.add_argument("--json", action="store_true")
     hist.set_defaults(func=_audit_history)

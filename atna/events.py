@@ -11,6 +11,9 @@ ITI-42, Registry           110107      C       patient, submission set
 ITI-41, Repository         110107      C       patient, submission set
 ITI-42, Repository→Reg.    110106      R       patient, submission set (export side)
 ITI-43, Repository         110106      R       documents (+ repository, home community)
+ITI-8 / ITI-44, PIX Mgr.   110110      C/U/D   patient(s) + MSH-10 / message id (II)
+ITI-9 / ITI-45, PIX Mgr.   110112      E       patient(s), query (QPD / queryByParameter)
+ITI-10 / ITI-46, PIX Mgr.  110110      U       patient(s) + MSH-10 / message id (II)
 application start/stop     110100      E       (110120 / 110121 event types)
 security alert             110113      E       (110126 Node Authentication, 110127 ...)
 =========================  ==========  ======  =========================================
@@ -45,7 +48,15 @@ ITI_NAMES = {
     "ITI-41": "Provide and Register Document Set-b",
     "ITI-42": "Register Document Set-b",
     "ITI-43": "Retrieve Document Set",
+    "ITI-8": "Patient Identity Feed",
+    "ITI-9": "PIX Query",
+    "ITI-10": "PIX Update Notification",
+    "ITI-44": "Patient Identity Feed HL7 V3",
+    "ITI-45": "PIXV3 Query",
+    "ITI-46": "PIXV3 Update Notification",
 }
+PATIENT_RECORD = ("110110", DCM, "Patient Record")
+QUERY = ("110112", DCM, "Query")
 SUBMISSION_SET_CLASS = ("urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd", IHE_TX,
                         "submission set classificationNode")
 ANONYMOUS = "http://www.w3.org/2005/08/addressing/anonymous"
@@ -60,6 +71,8 @@ class Participant:
     alt_user_id: str | None = None
     user_name: str | None = None
     nap: str | None = None
+    #: further RoleIDCodes (a human requestor's roles, XUA)
+    more_roles: list[tuple[str, str, str]] = field(default_factory=list)
 
     @property
     def nap_type(self) -> str | None:
@@ -91,6 +104,8 @@ class AuditDataset:
     source_id: str = f"OpenDMP@{HOSTNAME}"
     source_site: str | None = None
     when: datetime | None = None
+    #: PurposeOfUse codes (the VIHF access mode: normal, bris_de_glace, centre_15)
+    purposes: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 def _is_ip(value: str) -> bool:
@@ -138,6 +153,8 @@ def build(ds: AuditDataset) -> bytes:
     if ds.outcome_description:
         out.append(f"<EventOutcomeDescription>{_text(ds.outcome_description[:1024])}"
                    "</EventOutcomeDescription>")
+    for purpose in ds.purposes:
+        out.append(_coded("PurposeOfUse", purpose))
     out.append("</EventIdentification>")
     for p in ds.participants:
         attrs = f"UserID={_attr(_INVALID_XML.sub('', p.user_id or '') or 'unknown')}"
@@ -148,8 +165,10 @@ def build(ds: AuditDataset) -> bytes:
         attrs += ' UserIsRequestor="true"' if p.requestor else ' UserIsRequestor="false"'
         if p.nap:
             attrs += f' NetworkAccessPointID={_attr(p.nap)} NetworkAccessPointTypeCode="{p.nap_type}"'
-        if p.role:
-            out.append(f"<ActiveParticipant {attrs}>{_coded('RoleIDCode', p.role)}</ActiveParticipant>")
+        roles = ([p.role] if p.role else []) + p.more_roles
+        if roles:
+            out.append(f"<ActiveParticipant {attrs}>"
+                       + "".join(_coded("RoleIDCode", r) for r in roles) + "</ActiveParticipant>")
         else:
             out.append(f"<ActiveParticipant {attrs}/>")
     site = f"AuditEnterpriseSiteID={_attr(ds.source_site)} " if ds.source_site else ""
@@ -184,6 +203,36 @@ class Exchange:
     #: our endpoint URL and host
     endpoint_url: str
     server_host: str
+
+
+@dataclass(frozen=True)
+class Human:
+    """The person on whose behalf a request is made (XUA identity, ITI TF-2b §3.40.4.2:
+    a Human Requestor ActiveParticipant with the user's id, name and roles, and the
+    PurposeOfUse in EventIdentification)."""
+
+    user_id: str
+    user_name: str | None = None
+    roles: tuple[tuple[str, str, str], ...] = ()
+    purpose: tuple[str, str, str] | None = None
+    #: the patient the assertion names (VIHF resource-id), a CX
+    patient_id: str | None = None
+
+
+def with_human(ds: AuditDataset, human: Human | None) -> AuditDataset:
+    """``ds`` with the Human Requestor, its PurposeOfUse and the patient its assertion
+    names (when the dataset does not name that patient already)."""
+    if human is None:
+        return ds
+    roles = list(human.roles)
+    ds.participants.insert(0, Participant(human.user_id, True, roles[0] if roles else None,
+                                          user_name=human.user_name, more_roles=roles[1:]))
+    if human.purpose:
+        ds.purposes.append(human.purpose)
+    if human.patient_id and human.patient_id not in {o.object_id for o in ds.objects
+                                                      if o.type_code == "1"}:
+        ds.objects.insert(0, patient_object(human.patient_id))
+    return ds
 
 
 def _source_client(x: Exchange) -> Participant:
@@ -284,15 +333,80 @@ def application_activity(start: bool, application: str = "opendmp",
 
 
 def security_alert(alert_type: tuple[str, str, str], reporter: str, description: str,
-                   peer_address: str | None = None, outcome: int = OUTCOME_MINOR) -> AuditDataset:
+                   peer_address: str | None = None, outcome: int = OUTCOME_MINOR,
+                   patients: list[str] = (), peer_user: str | None = None) -> AuditDataset:
     """DICOM PS3.15 A.5.3.11 Security Alert; e.g. 110126 Node Authentication for a refused
-    TLS handshake. The reporting node is the requestor; the offending peer is a participant."""
+    TLS handshake. The reporting node is the requestor; the offending peer is a participant
+    (``peer_user``: its certificate subject or user, else its address). A refused request
+    that names patients (XUA) lists them as ParticipantObjects (A.5.3.11: "Alert Subject"),
+    so that the refusal shows in each patient's access history."""
     participants = [Participant(reporter, True, None, alt_user_id=str(os.getpid()), nap=HOSTNAME)]
-    if peer_address:
-        participants.append(Participant(peer_address, False, None, nap=peer_address))
+    if peer_address or peer_user:
+        participants.append(Participant(peer_user or peer_address, False, None, nap=peer_address))
     return AuditDataset(("110113", DCM, "Security Alert"), "E", alert_type, outcome, description,
-                        participants)
+                        participants, [patient_object(p) for p in dict.fromkeys(patients)])
+
+
+def audit_log_used(reader_subject: str | None, reader_address: str | None, uri: str,
+                   outcome: int, description: str | None = None) -> AuditDataset:
+    """DICOM PS3.15 A.5.3.2 Audit Log Used (110101, R): a read of the audit trail (here:
+    a refused one). The reader is the requestor; the log, by its URI, the object
+    (type 2, role 13 Security Resource, id type 12 URI)."""
+    reader = Participant(reader_subject or reader_address or "unknown", True, None,
+                         nap=reader_address)
+    return AuditDataset(("110101", DCM, "Audit Log Used"), "R", None, outcome, description,
+                        [reader], [PObject(uri, "2", "13", ("12", RFC3881, "URI"))])
 
 
 NODE_AUTHENTICATION = ("110126", DCM, "Node Authentication")
+
+
+# ------------------------------------------------------------------------ PIX Manager
+def _patient_with(cx: str, detail_type: str, message_id: str) -> PObject:
+    """A patient ParticipantObject with the message's id as ParticipantObjectDetail
+    (``MSH-10`` for HL7 v2, ``II`` for HL7 v3: ITI TF-2a §3.8.5.1, TF-2b §3.44.5.1)."""
+    obj = patient_object(cx)
+    if message_id:
+        obj.details.append((detail_type, message_id))
+    return obj
+
+
+def patient_record(tx: str, action: str, x: Exchange, outcome: int, patients: list[str],
+                   detail_type: str, message_id: str,
+                   description: str | None = None) -> AuditDataset:
+    """ITI-8 (TF-2a §3.8.5.1.2) and ITI-44 (TF-2b §3.44.5.1.2) at the PIX Manager:
+    Patient Record, C for an add (A01/A04/A05/A28, PRPA_IN201301UV02), U for an update
+    (A08/A31, PRPA_IN201302UV02) and for the survivor of a merge, D for the identifier a
+    merge subsumes (A40, PRPA_IN201304UV02). Source: the Patient Identity Source
+    (MSH-3|MSH-4, or wsa:ReplyTo), Destination: the PIX Manager (MSH-5|MSH-6, or our
+    endpoint)."""
+    return AuditDataset(PATIENT_RECORD, action, _event_type(tx), outcome, description,
+                        [_source_client(x), _dest_server(x)],
+                        [_patient_with(p, detail_type, message_id) for p in patients])
+
+
+def pix_query(tx: str, x: Exchange, outcome: int, patients: list[str], query: bytes,
+              detail_type: str, message_id: str,
+              description: str | None = None) -> AuditDataset:
+    """ITI-9 (TF-2a §3.9.5.1.2) and ITI-45 (TF-2b §3.45.5.1.2) at the PIX Manager: Query
+    (110112, E); patients: the queried identifier and those returned; the query object
+    carries the QPD segment (ITI-9) or the queryByParameter element (ITI-45), base64."""
+    objects = [_patient_with(p, detail_type, message_id) for p in patients]
+    objects.append(PObject(message_id or "unknown", "2", "24", _event_type(tx), query=query,
+                           details=[(detail_type, message_id)] if message_id else []))
+    return AuditDataset(QUERY, "E", _event_type(tx), outcome, description,
+                        [_source_client(x), _dest_server(x)], objects)
+
+
+def pix_notification(tx: str, consumer_user: str, consumer_host: str | None, source_user: str,
+                     outcome: int, patients: list[str], detail_type: str, message_id: str,
+                     description: str | None = None) -> AuditDataset:
+    """ITI-10 (TF-2a §3.10.5.1.1) and ITI-46 (TF-2b §3.46.5.1.1), the PIX Manager as the
+    source of the export: Patient Record, U; Source: us (MSH-3|MSH-4 of our message, or
+    our device), Destination: the consumer (MSH-5|MSH-6, or its endpoint URL)."""
+    return AuditDataset(
+        PATIENT_RECORD, "U", _event_type(tx), outcome, description,
+        [Participant(source_user, True, SOURCE_ROLE, alt_user_id=str(os.getpid()), nap=HOSTNAME),
+         Participant(consumer_user, False, DEST_ROLE, nap=consumer_host)],
+        [_patient_with(p, detail_type, message_id) for p in patients])
 SECURITY_CONFIGURATION = ("110128", DCM, "Network Configuration")

@@ -22,6 +22,7 @@ from soapstack.wsgi import Operation, SoapEndpoint
 
 from . import events as ev
 from .auditor import Auditor
+from .pixaudit import V3_STRATEGIES
 
 log = logging.getLogger("opendmp.atna")
 
@@ -99,26 +100,26 @@ def _body_bytes(response: SoapResponse) -> bytes | None:
     return response.body if isinstance(response.body, (bytes, bytearray)) else None
 
 
-#: (request, exchange, outcome, description) -> a function building the dataset. The
-#: strategy copies what it needs from the request in the request's thread; the returned
-#: function runs later, in the auditor's background thread.
-Strategy = Callable[[SoapRequest, ev.Exchange, int, str | None], Callable[[], ev.AuditDataset]]
+#: (request, exchange, outcome, description, response body) -> a function building the
+#: dataset(s). The strategy copies what it needs from the request in the request's thread;
+#: the returned function runs later, in the auditor's background thread.
+Strategy = Callable[..., Callable[[], ev.AuditDataset | list[ev.AuditDataset]]]
 
 
-def _iti18(request: SoapRequest, x: ev.Exchange, outcome: int, text: str | None):
+def _iti18(request: SoapRequest, x: ev.Exchange, outcome: int, text: str | None, body=None):
     query_id, patient, home = query_facts(request.payload)
     body = etree.tostring(request.payload, encoding="UTF-8")
     return lambda: ev.iti18_registry(x, outcome, body, query_id, patient, home, text)
 
 
 def _import(tx: str) -> Strategy:
-    def strategy(request, x, outcome, text):
+    def strategy(request, x, outcome, text, body=None):
         patient, unique = submission_facts(request.payload)
         return lambda: ev.import_event(tx, x, outcome, patient, unique, text)
     return strategy
 
 
-def _iti43(request, x, outcome, text):
+def _iti43(request, x, outcome, text, body=None):
     documents = retrieve_facts(request.payload)
     return lambda: ev.iti43_repository(x, outcome, documents, text)
 
@@ -128,39 +129,123 @@ STRATEGIES: dict[str, Strategy] = {
     ITI42: _import("ITI-42"),
     ITI41: _import("ITI-41"),
     ITI43: _iti43,
+    **V3_STRATEGIES,  # ITI-44, ITI-45 at the PIX Manager (atna.pixaudit)
 }
+#: outcomes read from an ebRS RegistryResponse; the HL7 v3 strategies read their ack
+_EBRS = frozenset({ITI18, ITI42, ITI41, ITI43})
 
 
 def _wrap(op: Operation, strategy: Strategy, auditor: Auditor, path: str) -> Operation:
     handler = op.handler
+    ebrs = op.action in _EBRS
 
     def audited(request: SoapRequest) -> SoapResponse:
         try:
             response = handler(request)
         except SoapFault as fault:
-            _emit(request, strategy, auditor, path, ev.OUTCOME_SERIOUS, f"SOAP fault: {fault.reason}")
+            _emit(request, strategy, auditor, path, ev.OUTCOME_SERIOUS,
+                  f"SOAP fault: {fault.reason}", None, fault)
             raise
         except Exception as exc:
             _emit(request, strategy, auditor, path, ev.OUTCOME_MAJOR,
-                  f"internal error: {type(exc).__name__}")
+                  f"internal error: {type(exc).__name__}", None, exc)
             raise
-        outcome, text = _outcome_of(_body_bytes(response))
-        _emit(request, strategy, auditor, path, outcome, text)
+        body = _body_bytes(response)
+        outcome, text = _outcome_of(body) if ebrs else (ev.OUTCOME_SUCCESS, None)
+        _emit(request, strategy, auditor, path, outcome, text, body)
         return response
 
     return replace(op, handler=audited)
 
 
+def human_of(request: SoapRequest) -> ev.Human | None:
+    """The Human Requestor of a request: its verified XUA identity
+    (:class:`xua.identity.IdentityContext`), None without one."""
+    identity = getattr(request, "identity", None)
+    if identity is None:
+        return None
+    roles = tuple((r.code, r.system, r.display or r.code) for r in
+                  (getattr(identity, "roles", ()) or ()))
+    mode = getattr(identity, "access_mode", None)
+    return ev.Human(identity.subject_id, getattr(identity, "name", None), roles,
+                    (mode.code, mode.system, mode.display or mode.code) if mode else None,
+                    getattr(identity, "patient_id", None))
+
+
 def _emit(request: SoapRequest, strategy: Strategy, auditor: Auditor, path: str, outcome: int,
-          text: str | None) -> None:
+          text: str | None, body: bytes | None = None,
+          refused: BaseException | None = None) -> None:
     try:
         x = ev.Exchange(client_reply_to=_reply_to(request), client_address=request.remote_addr,
                         client_subject=request.peer_subject,
                         endpoint_url=request.to or path,
                         server_host=HOST)
-        auditor.submit(strategy(request, x, outcome, text))
+        build = strategy(request, x, outcome, text, body)
+        human = human_of(request)
+        # a refusal by the access policy names the patient(s) whose record was asked for
+        extra = [str(p) for p in (getattr(refused, "patient_ids", ()) or ())]
+        if human is None and not extra:
+            auditor.submit(build)
+            return
+
+        def with_identity():
+            made = build()
+            out = []
+            for ds in made if isinstance(made, list) else [made]:
+                ds = ev.with_human(ds, human)
+                named = {o.object_id for o in ds.objects if o.type_code == "1"}
+                ds.objects[:0] = [ev.patient_object(p) for p in extra if p not in named]
+                out.append(ds)
+            return out
+
+        auditor.submit(with_identity)
     except Exception:  # noqa: BLE001 - never break the transaction
         log.exception("could not build the audit message of %s", request.action)
+
+
+def refusal(request: SoapRequest, reason: str, patients: list[str] = ()) -> Callable[[], ev.AuditDataset]:
+    """The Security Alert of a refused request (XUA: the assertion was not accepted):
+    the patients the request names (stored query patient, submission set patient) and
+    the one its assertion claims are its ParticipantObjects, so the refusal shows in each
+    patient's access history. Built from facts copied now, in the request's thread."""
+    named = list(patients)
+    try:
+        payload = request.payload
+        if request.action == ITI18:
+            patient = query_facts(payload)[1]
+        elif request.action in (ITI41, ITI42):
+            patient = submission_facts(payload)[0]
+        else:
+            patient = None
+        if patient:
+            named.append(patient)
+    except Exception:  # noqa: BLE001 - an empty or odd Body: no patient named
+        pass
+    claimed = claimed_patient(request)
+    if claimed:
+        named.append(claimed)
+    peer, subject = request.remote_addr, request.peer_subject
+    text = f"XUA: {request.action}: {reason}"
+    return lambda: ev.security_alert(ev.NODE_AUTHENTICATION, "opendmp", text, peer_address=peer,
+                                     outcome=ev.OUTCOME_SERIOUS, patients=named,
+                                     peer_user=subject)
+
+
+_RESOURCE_ID = "urn:oasis:names:tc:xacml:2.0:resource:resource-id"
+_SAML2 = "urn:oasis:names:tc:SAML:2.0:assertion"
+
+
+def claimed_patient(request: SoapRequest) -> str | None:
+    """The patient (VIHF ``resource-id``) a refused request's assertion claims to be
+    about — not verified (it was refused), used only to index the refusal."""
+    if request.header is None:
+        return None
+    for attr in request.header.iter(f"{{{_SAML2}}}Attribute"):
+        if attr.get("Name") == _RESOURCE_ID:
+            value = attr.find(f"{{{_SAML2}}}AttributeValue")
+            text = "".join(value.itertext()).strip() if value is not None else ""
+            return text[:256] or None
+    return None
 
 
 def audit_endpoint(endpoint: SoapEndpoint, auditor: Auditor) -> SoapEndpoint:

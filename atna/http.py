@@ -19,8 +19,14 @@ from sqlalchemy import Engine
 
 from opendmp.db import read_transaction
 
+from . import events as ev
+from .access import HISTORY, TRAIL, AccessSettings, may_read, reader_of
+from .history import accesses
 from .message import AuditRecord
 from .query import AuditQuery, StoredAudit, iso, parse_when, run_query, to_json
+
+HISTORY_PREFIX = "/audit/patients/"
+HISTORY_SUFFIX = "/access-history"
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 IHE_EVENT_TYPE = "urn:ihe:event-type-code"
@@ -170,13 +176,35 @@ def to_fhir(item: StoredAudit) -> dict:
     return resource
 
 
-def audit_routes(engine: Engine) -> dict[str, Callable]:
-    """``extra_routes`` for :class:`soapstack.wsgi.SoapApplication`."""
+def patient_history(conn, patient: str, limit: int = 1000, own_source: str | None = None):
+    """The access history of ``patient`` (:mod:`atna.history`), newest first."""
+    items = run_query(conn, AuditQuery(patients=[patient], limit=limit))
+    return accesses(items, own_source)
+
+
+def audit_routes(engine: Engine, access: AccessSettings | None = None, auditor=None,
+                 own_source: str | None = None) -> dict[str, Callable]:
+    """``extra_routes`` for :class:`soapstack.wsgi.SoapApplication`. Every read goes
+    through :func:`atna.access.may_read`; a refused one is answered 403 and audited."""
+    access = access or AccessSettings()
 
     def _answer(start_response, status: str, doc: dict, ctype: str):
         body = json.dumps(doc, ensure_ascii=False).encode()
         start_response(status, [("Content-Type", ctype), ("Content-Length", str(len(body)))])
         return [body]
+
+    def _allowed(environ, what: str) -> str | None:
+        """None when allowed, else the reason of the refusal (audited)."""
+        reader = reader_of(environ)
+        decision = may_read(access, reader, what)
+        if decision.allowed:
+            return None
+        if auditor is not None:
+            uri = environ.get("PATH_INFO", "")
+            reason = decision.reason
+            auditor.submit(lambda: ev.audit_log_used(reader.subject, reader.address, uri,
+                                                     ev.OUTCOME_SERIOUS, f"refused: {reason}"))
+        return decision.reason
 
     def _search(environ, fhir: bool):
         params = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=False)
@@ -184,9 +212,37 @@ def audit_routes(engine: Engine) -> dict[str, Callable]:
         with read_transaction(engine) as conn:
             return run_query(conn, q)
 
+    def history_json(environ, start_response):
+        from urllib.parse import unquote
+
+        ctype = "application/json"
+        patient = unquote(environ["PATH_INFO"][len(HISTORY_PREFIX):-len(HISTORY_SUFFIX)])
+        refused = _allowed(environ, HISTORY)
+        if refused:
+            return _answer(start_response, "403 Forbidden", {"error": refused}, ctype)
+        if not patient.strip():
+            return _answer(start_response, "400 Bad Request", {"error": "no patient"}, ctype)
+        params = dict(parse_qsl(environ.get("QUERY_STRING", "")))
+        try:
+            limit = int(params.get("limit", 1000))
+        except ValueError:
+            return _answer(start_response, "400 Bad Request", {"error": "bad limit"}, ctype)
+        with read_transaction(engine) as conn:
+            found = patient_history(conn, patient, limit, own_source)
+        return _answer(start_response, "200 OK",
+                       {"patient": patient, "count": len(found),
+                        "accesses": [a.to_json() for a in found]}, ctype)
+
     def audit_json(environ, start_response):
-        if environ.get("REQUEST_METHOD") != "GET" or environ.get("PATH_INFO") not in ("/audit", "/audit/"):
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") == "GET" and path.startswith(HISTORY_PREFIX) \
+                and path.endswith(HISTORY_SUFFIX):
+            return history_json(environ, start_response)
+        if environ.get("REQUEST_METHOD") != "GET" or path not in ("/audit", "/audit/"):
             return _answer(start_response, "404 Not Found", {"error": "not found"}, "application/json")
+        refused = _allowed(environ, TRAIL)
+        if refused:
+            return _answer(start_response, "403 Forbidden", {"error": refused}, "application/json")
         try:
             items = _search(environ, fhir=False)
         except BadRequest as exc:
@@ -200,6 +256,9 @@ def audit_routes(engine: Engine) -> dict[str, Callable]:
         path = environ.get("PATH_INFO", "")
         if environ.get("REQUEST_METHOD") != "GET" or path.rstrip("/") != "/fhir/AuditEvent":
             return _answer(start_response, "404 Not Found", _outcome("not-found", "not found"), ctype)
+        refused = _allowed(environ, TRAIL)
+        if refused:
+            return _answer(start_response, "403 Forbidden", _outcome("forbidden", refused), ctype)
         try:
             items = _search(environ, fhir=True)
         except BadRequest as exc:

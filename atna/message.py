@@ -78,6 +78,7 @@ class AuditRecord:
     xml: bytes
     #: first schema errors (empty when valid against the DICOM schema).
     schema_errors: list[str] = field(default_factory=list)
+    outcome_description: str | None = None
 
     @property
     def valid(self) -> bool:
@@ -238,4 +239,6 @@ def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
         objects=tuple(objects),
         xml=data,
         schema_errors=schema_errors(root) if validate else [],
+        outcome_description=next((" ".join((d.text or "").split()) for d in ei
+                                  if _local(d.tag) == "EventOutcomeDescription"), None),
     )

@@ -39,6 +39,7 @@ from sqlalchemy import Engine
 
 from . import events as ev
 from .message import NotAnAuditMessage, parse_audit
+from .nodeauth import is_refusal
 from .pki import subject_of
 from .store import Received, store_batch
 from .syslog import FramingError, StreamFramer, SyslogError, parse_rfc5424
@@ -199,7 +200,8 @@ class AuditRecordRepository:
                 self.count("tls_refused")
                 reason = getattr(exc, "reason", None) or type(exc).__name__
                 log.warning("ATNA TLS: handshake with %s refused: %s", address, reason)
-                self._security_alert(address, f"TLS handshake refused: {reason}")
+                if is_refusal(exc):  # not a peer gone before its handshake ended
+                    self._security_alert(address, f"syslog-tls: TLS handshake refused: {reason}")
                 writer.transport.abort()
                 return
             subject = subject_of(writer.get_extra_info("peercert"))

@@ -36,12 +36,16 @@ class Received:
 
 
 def patient_key(cx: str) -> str:
-    """A patient id as indexed: CX.1 and CX.4 only (``id^^^&oid&ISO``), so that a query
-    matches whatever CX.5 type code (``^NH``, ``^PI``) the audit message carried."""
+    """A patient id as indexed: CX.1 and the assigning authority's universal id only
+    (``id^^^&oid&ISO``), so that a query matches whatever CX.5 type code (``^NH``,
+    ``^PI``) and CX.4 namespace (``ASIP-SANTE-INS-NIR&oid&ISO``) the message carried;
+    an authority without universal id keeps its namespace (``id^^^NS``)."""
     parts = cx.strip().split("^")
     if len(parts) < 4:
         return cx.strip()
-    return f"{parts[0]}^^^{parts[3]}"
+    ns, _, rest = parts[3].partition("&")
+    uid = rest.partition("&")[0]
+    return f"{parts[0]}^^^&{uid}&ISO" if uid else f"{parts[0]}^^^{ns}"
 
 
 def _keys(rec: AuditRecord) -> set[tuple[int, str]]:

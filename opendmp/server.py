@@ -57,16 +57,16 @@ class _Gunicorn(BaseApplication):
 
 def _tls_options(tls) -> dict:
     """Mutual TLS for the HTTP endpoints (ITI-19 node authentication): the node's
-    certificate, client certificates required from the trust store, TLS >= 1.2."""
+    certificate, client certificates required from the trust store, TLS >= 1.2; the
+    handshake is made in ``wrap_socket`` (in the worker thread), where
+    :func:`atna.nodeauth.http_ssl_context`'s context audits a refused one."""
     import ssl
 
-    def ssl_context(conf, default_ssl_context_factory):
-        ctx = default_ssl_context_factory()
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        return ctx
+    from atna.nodeauth import http_ssl_context
 
     return {"certfile": str(tls.cert), "keyfile": str(tls.key), "ca_certs": str(tls.ca),
-            "cert_reqs": ssl.CERT_REQUIRED, "ssl_context": ssl_context}
+            "cert_reqs": ssl.CERT_REQUIRED, "ssl_context": http_ssl_context,
+            "do_handshake_on_connect": True}
 
 
 def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=None) -> int:

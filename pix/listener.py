@@ -82,12 +82,15 @@ async def _main(env, host, port, index, sock) -> None:
     engine = make_engine(settings.database_url)
     config = PixConfig.from_settings(env)
     handler = Handler(engine, PixManager(config, Notifier(config)))
+    observer, on_tls_refused, audit_notification = _atna(env, settings.home)
     server = MllpServer(
         handler.handle,
         max_message_bytes=int(env.get("OPENDMP_MLLP_MAX_BYTES") or 1 << 20),
         idle_timeout=float(env.get("OPENDMP_MLLP_IDLE_SECONDS") or 300),
         workers=int(env.get("OPENDMP_MLLP_THREADS") or 8),
         ssl_context=tls_context_from_settings(env),
+        observer=observer,
+        on_tls_refused=on_tls_refused,
     )
     if sock is not None:
         await server.start(sock=sock)
@@ -103,7 +106,8 @@ async def _main(env, host, port, index, sock) -> None:
         if index == 0 and config.consumers:
             try:
                 await loop.run_in_executor(pool, partial(dispatch_due, engine, config,
-                                                             max_backoff_s=max_backoff))
+                                                             max_backoff_s=max_backoff,
+                                                             audit=audit_notification))
             except Exception:  # noqa: BLE001 - the dispatcher must keep running
                 log.exception("ITI-10 dispatcher error")
         snap = server.stats.as_dict()
@@ -117,3 +121,19 @@ async def _main(env, host, port, index, sock) -> None:
                 pass
             last = snap
         await asyncio.sleep(interval)
+
+
+def _atna(env: dict[str, str], home):
+    """ATNA (atna.pixaudit, atna.nodeauth): the ITI-8/ITI-9 observer, the refused-handshake
+    reporter and the ITI-10/ITI-46 delivery audit; Nones when auditing is off."""
+    from atna.auditor import Auditor, AuditSettings
+    from atna.nodeauth import HandshakeReporter
+    from atna.pixaudit import mllp_observer, notification_audit
+
+    auditor = Auditor(AuditSettings.from_env(env), home,
+                      sync=env.get("OPENDMP_AUDIT_SYNC") == "1",
+                      fsync=env.get("OPENDMP_AUDIT_FSYNC", "1") != "0")
+    if not auditor.enabled:
+        return None, None, None
+    return (mllp_observer(auditor), HandshakeReporter(auditor, "mllp"),
+            notification_audit(auditor))

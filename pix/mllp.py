@@ -12,7 +12,11 @@
 * Messages are handled in a thread pool (the handler does blocking database work), so
   several connections are served concurrently.
 * TLS: pass an ``ssl.SSLContext`` (:func:`tls_context_from_settings`), with client
-  certificates required when a CA is configured.
+  certificates required when a CA is configured. The handshake is made per connection
+  (``start_tls``), so that a refused one is counted and reported to ``on_tls_refused``
+  (ATNA audits it as a node-authentication Security Alert).
+* Auditing: ``observer(message, answer, peer address, peer certificate subject)`` is
+  called after each answer (:func:`atna.pixaudit.mllp_observer`).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ log = logging.getLogger("opendmp.pix.mllp")
 
 SB, EB, CR = b"\x0b", b"\x1c", b"\r"
 _END = EB + CR
+HANDSHAKE_TIMEOUT = 10.0
 _WS = b" \t\r\n"
 
 
@@ -89,8 +94,12 @@ class MllpStats:
 class MllpServer:
     def __init__(self, handle: Callable[[bytes], bytes], *, max_message_bytes: int = 1 << 20,
                  idle_timeout: float = 300.0, workers: int = 8,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 observer: Callable[[bytes, bytes, str | None, str | None], None] | None = None,
+                 on_tls_refused: Callable[[str | None, str], None] | None = None) -> None:
         self.handle = handle
+        self.observer = observer
+        self.on_tls_refused = on_tls_refused
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
         self.ssl_context = ssl_context
@@ -108,8 +117,6 @@ class MllpServer:
             host = port = None
         else:
             kwargs["reuse_address"] = True
-        if self.ssl_context is not None:
-            kwargs["ssl"] = self.ssl_context
         self.server = await start_hl7_server(self._client, host, port,
                                              limit=self.max_message_bytes, **kwargs)
         return self.server
@@ -118,8 +125,34 @@ class MllpServer:
     def port(self) -> int:
         return self.server.sockets[0].getsockname()[1]
 
+    async def _handshake(self, writer, address: str | None) -> bool:
+        try:
+            await writer.start_tls(self.ssl_context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            return True
+        except (ssl.SSLError, ConnectionError, asyncio.TimeoutError, OSError) as exc:
+            self.stats.tls_failures += 1
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            log.warning("MLLP TLS handshake with %s refused: %s", address, reason)
+            from atna.nodeauth import is_refusal
+
+            if self.on_tls_refused is not None and is_refusal(exc):
+                try:
+                    self.on_tls_refused(address, str(reason))
+                except Exception:  # noqa: BLE001 - reporting never stops the listener
+                    log.exception("could not report a refused TLS handshake")
+            writer.transport.abort()
+            return False
+
     async def _client(self, reader, writer) -> None:
         peer = writer.get_extra_info("peername")
+        address = peer[0] if peer else None
+        subject = None
+        if self.ssl_context is not None:
+            if not await self._handshake(writer, address):
+                return
+            cert = writer.get_extra_info("peercert")
+            if cert:
+                subject = ",".join("=".join(p) for rdn in cert.get("subject", ()) for p in rdn)
         st = self.stats
         st.connections += 1
         st.open_connections += 1
@@ -152,6 +185,11 @@ class MllpServer:
                 st.messages += 1
                 answer = await loop.run_in_executor(self.pool, self.handle, payload)
                 writer.writeblock(answer)
+                if self.observer is not None:
+                    try:
+                        self.observer(payload, answer, address, subject)
+                    except Exception:  # noqa: BLE001 - auditing never breaks the exchange
+                        log.exception("MLLP observer failed")
                 await writer.drain()
         except (ConnectionError, ssl.SSLError) as exc:
             log.info("MLLP connection from %s lost: %s", peer, exc)

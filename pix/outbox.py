@@ -113,8 +113,10 @@ def msa_code(ack: bytes) -> str:
 
 
 def dispatch_due(engine: Engine, config: PixConfig, *, max_backoff_s: float = 300.0,
-                 send=send_mllp, limit: int = 100, send_v3=None) -> int:
-    """Send what is due for every consumer, in order; returns how many rows were settled."""
+                 send=send_mllp, limit: int = 100, send_v3=None, audit=None) -> int:
+    """Send what is due for every consumer, in order; returns how many rows were settled.
+    ``audit(consumer, message, ack code or None, error or None)`` is told of every
+    delivery attempt (ATNA: :func:`atna.pixaudit.notification_audit`)."""
     settled = 0
     for consumer in config.consumers:
         deliver = (send_v3 or send_soap) if consumer.url else send
@@ -128,6 +130,8 @@ def dispatch_due(engine: Engine, config: PixConfig, *, max_backoff_s: float = 30
             try:
                 code = deliver(consumer, row.message)
             except OSError as exc:
+                if audit is not None:
+                    audit(consumer, row.message, None, str(exc)[:200])
                 delay = min(max_backoff_s, 2 ** min(row.attempts, 16))
                 with write_transaction(engine) as conn:
                     conn.execute(update(O).where(O.c.pk == row.pk).values(
@@ -136,6 +140,8 @@ def dispatch_due(engine: Engine, config: PixConfig, *, max_backoff_s: float = 30
                 log.warning("ITI-10/46 to %s failed (attempt %d, next in %.0f s): %s",
                             consumer.name, row.attempts + 1, delay, exc)
                 break
+            if audit is not None:
+                audit(consumer, row.message, code, None)
             state = DELIVERED if code in ("AA", "CA") else REJECTED
             with write_transaction(engine) as conn:
                 conn.execute(update(O).where(O.c.pk == row.pk).values(

@@ -171,8 +171,8 @@ def atna_refusal_hook(env: Mapping[str, str], home: Path) -> RefusalHook | None:
     :mod:`atna` (``events.security_alert`` spooled by an ``Auditor``); None when ATNA has
     no destination."""
     try:
-        from atna import events as ev
         from atna.auditor import Auditor, AuditSettings
+        from atna.hooks import refusal
     except ImportError:
         return None
     auditor = Auditor(AuditSettings.from_env(env), home,
@@ -180,15 +180,11 @@ def atna_refusal_hook(env: Mapping[str, str], home: Path) -> RefusalHook | None:
                       fsync=env.get("OPENDMP_AUDIT_FSYNC", "1") != "0")
     if not auditor.enabled:
         return None
-    # 110126 is DICOM's only authentication-failure alert type (CID 403): the requesting
-    # node's security token failed authentication.
-    alert = getattr(ev, "NODE_AUTHENTICATION", ("110126", "DCM", "Node Authentication"))
-
     def hook(request: SoapRequest, fault: SecurityFault) -> None:
-        reason = f"XUA: {request.action}: {fault.reason}"
-        peer = request.remote_addr
-        auditor.submit(lambda: ev.security_alert(alert, "opendmp", reason, peer_address=peer,
-                                                 outcome=ev.OUTCOME_SERIOUS))
+        # 110113/110126 (DICOM CID 403 has no other authentication-failure type), naming
+        # the patients of the request and of its assertion, so that the refusal shows in
+        # their access history (CSP L.1111-19)
+        auditor.submit(refusal(request, fault.reason))
 
     return hook
 
