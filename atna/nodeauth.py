@@ -77,15 +77,15 @@ class AuditingContext(ssl.SSLContext):
     on_refused: Report | None = None
 
     def wrap_socket(self, sock, *args, **kwargs):
+        try:  # before: a failed handshake closes the (detached) socket
+            address = sock.getpeername()[0]
+        except (OSError, IndexError):
+            address = None
         try:
             return super().wrap_socket(sock, *args, **kwargs)
         except (ssl.SSLError, OSError) as exc:
             report = self.on_refused
             if report is not None and is_refusal(exc):
-                try:
-                    address = sock.getpeername()[0]
-                except OSError:
-                    address = None
                 try:
                     report(address, getattr(exc, "reason", None) or str(exc) or type(exc).__name__)
                 except Exception:  # noqa: BLE001 - reporting never changes the refusal
