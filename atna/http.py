@@ -176,10 +176,35 @@ def to_fhir(item: StoredAudit) -> dict:
     return resource
 
 
+def _document_ids(conn, patient: str, limit: int = 5000) -> list[str]:
+    """The uniqueIds of the patient's documents in our registry: a retrieve (ITI-43)
+    names documents, not the patient, when no assertion says whose record it is."""
+    from sqlalchemy import select
+
+    from opendmp.schema import patient as P
+    from opendmp.schema import registry_object as RO
+    from registry.store import Kind
+
+    from .store import patient_key
+
+    return list(conn.execute(
+        select(RO.c.unique_id).join(P, RO.c.patient_pk == P.c.pk)
+        .where(P.c.cx == patient_key(patient),
+               RO.c.kind.in_([Kind.STABLE_DOCUMENT, Kind.ON_DEMAND_DOCUMENT]),
+               RO.c.unique_id.is_not(None))
+        .limit(limit)).scalars())
+
+
 def patient_history(conn, patient: str, limit: int = 1000, own_source: str | None = None):
-    """The access history of ``patient`` (:mod:`atna.history`), newest first."""
-    items = run_query(conn, AuditQuery(patients=[patient], limit=limit))
-    return accesses(items, own_source)
+    """The access history of ``patient`` (:mod:`atna.history`), newest first: the audit
+    records naming the patient, and those naming one of the patient's documents."""
+    items = {i.pk: i for i in run_query(conn, AuditQuery(patients=[patient], limit=limit))}
+    docs = _document_ids(conn, patient)
+    for start in range(0, len(docs), 500):
+        for i in run_query(conn, AuditQuery(entities=docs[start:start + 500], limit=limit)):
+            items.setdefault(i.pk, i)
+    ordered = sorted(items.values(), key=lambda i: (i.record.event_time, i.pk), reverse=True)
+    return accesses(ordered[:limit], own_source)
 
 
 def audit_routes(engine: Engine, access: AccessSettings | None = None, auditor=None,

@@ -154,11 +154,14 @@ def _bool(value: str | None) -> bool:
 
 
 def _local(tag) -> str:
-    return tag.rpartition("}")[2] if isinstance(tag, str) else ""
+    if not isinstance(tag, str):  # comments, processing instructions
+        return ""
+    return tag.rpartition("}")[2] if tag[0] == "{" else tag
 
 
 def _codes(el: etree._Element, name: str) -> tuple[Code, ...]:
-    return tuple(c for c in (_code(t) for t in el if _local(t.tag) == name) if c)
+    # the tag filter runs in lxml (C): no Python call per child (hot: ARR ingest)
+    return tuple(c for c in map(_code, el.iterchildren("{*}" + name)) if c)
 
 
 def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
@@ -213,7 +216,18 @@ def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
 
     if ei is None:
         raise NotAnAuditMessage("AuditMessage without EventIdentification")
-    event_ids = _codes(ei, "EventID")
+    event_ids, event_types, purposes = [], [], []
+    description = None
+    for sub in ei:  # one pass (hot: every message the ARR receives)
+        sname = _local(sub.tag)
+        if sname == "EventID":
+            event_ids.append(_code(sub))
+        elif sname == "EventTypeCode":
+            event_types.append(_code(sub))
+        elif sname == "PurposeOfUse":
+            purposes.append(_code(sub))
+        elif sname == "EventOutcomeDescription":
+            description = " ".join((sub.text or "").split())
     if not event_ids or not event_ids[0].code:
         raise NotAnAuditMessage("AuditMessage without EventID")
     try:
@@ -230,8 +244,8 @@ def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
         action=ei.get("EventActionCode"),
         outcome=outcome,
         event_time=event_time,
-        event_types=_codes(ei, "EventTypeCode"),
-        purposes=_codes(ei, "PurposeOfUse"),
+        event_types=tuple(event_types),
+        purposes=tuple(purposes),
         participants=tuple(participants),
         source_id=src.get("AuditSourceID") if src is not None else None,
         source_site=src.get("AuditEnterpriseSiteID") if src is not None else None,
@@ -239,6 +253,5 @@ def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
         objects=tuple(objects),
         xml=data,
         schema_errors=schema_errors(root) if validate else [],
-        outcome_description=next((" ".join((d.text or "").split()) for d in ei
-                                  if _local(d.tag) == "EventOutcomeDescription"), None),
+        outcome_description=description,
     )
