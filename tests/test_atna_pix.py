@@ -210,3 +210,23 @@ def test_notification_audit_of_an_unreachable_consumer_says_it_will_retry():
     rec = _valid(ds)
     assert rec.outcome == 8 and "will retry" in rec.outcome_description
     assert rec.event_types[0].code == "ITI-10"
+
+
+def test_iti46_notification_audit_names_the_consumer_endpoint_and_the_patients():
+    from pix.config import Consumer, PixConfig
+    from pix.hl7v3.iti46 import notification
+    from pix.model import Identifier
+
+    config = PixConfig.from_settings({"OPENDMP_PIX_DOMAINS": f"HOSP&{LOCAL}&ISO"})
+    consumer = Consumer("v3c", "", 0, url="https://consumer.example/pix")
+    ins = new_ins()
+    msg = notification(config, consumer, [Identifier(ins, NIR)])
+    (ds,) = notification_datasets(consumer, msg, "AA", None)
+    rec = _valid(ds)
+    assert (rec.event_id.code, rec.action, rec.event_types[0].code, rec.outcome) == \
+        ("110110", "U", "ITI-46", 0)
+    assert rec.patient_ids == [f"{ins}^^^&{NIR}&ISO"]
+    dest = [p for p in rec.participants if p.roles[0].code == "110152"][0]
+    assert (dest.user_id, dest.network_access_point) == ("https://consumer.example/pix",
+                                                         "consumer.example")
+    assert all(t == "II" for o in rec.objects for t, _ in o.details)
