@@ -13,7 +13,6 @@ import factory as F
 import httpx
 import pytest
 from harness.postgres import free_port
-from lxml import etree
 from pixclient import LOCAL, adt, cx, new_local
 from test_atna_server import wait_for, wait_listening
 from xds import FIND_DOCUMENTS, ITI18, adhoc_query, repository_unique_id

@@ -13,7 +13,7 @@ import pytest
 from harness.postgres import free_port
 from pixclient import LOCAL, NIR, adt, cx, new_ins, new_local, qbp, send1
 from test_atna_server import wait_for, wait_listening
-from test_pix_v3 import SOURCE, _send, ack, feed, query
+from test_pix_v3 import _send, ack, feed, query
 
 from atna.message import parse_audit
 from atna import events as ev
