@@ -25,7 +25,9 @@ from cryptography import x509
 from soapstack.envelope import SoapRequest
 from soapstack.wssecurity import SECURITY, SecurityFault, SecurityPolicy, verify_security
 
-from .identity import build_identity, require_patient
+from opendmp.policy import require_patient
+
+from .identity import build_identity
 
 log = logging.getLogger("opendmp.xua")
 MODES = ("required", "optional", "off")
@@ -132,13 +134,18 @@ class XuaStep:
                     require_patient(identity, patient)
             request.identity = identity
         except SecurityFault as fault:
-            log.warning("refused %s from %s: %s", request.action, request.remote_addr, fault.reason)
-            if self.on_refusal is not None:
-                try:
-                    self.on_refusal(request, fault)
-                except Exception:  # noqa: BLE001 - auditing never changes the answer
-                    log.exception("could not audit a refused assertion")
+            self.refused(request, fault)
             raise
+
+    def refused(self, request: SoapRequest, fault: SecurityFault) -> None:
+        """Log and audit (ATNA security alert) a refusal: this step's own, or one an actor
+        raised through :mod:`opendmp.policy` (called by :class:`soapstack.wsgi.SoapApplication`)."""
+        log.warning("refused %s from %s: %s", request.action, request.remote_addr, fault.reason)
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(request, fault)
+            except Exception:  # noqa: BLE001 - auditing never changes the answer
+                log.exception("could not audit a refused request")
 
 
 _PATIENT_ACTIONS = {
@@ -152,7 +159,7 @@ def request_patients(request: SoapRequest) -> list[str]:
     """The patient(s) a request names in its payload: the stored query's patient
     parameter (ITI-18), the submission set's patientId (ITI-41/42). Requests naming no
     patient (GetDocuments by UUID, ITI-43) are for the actor to check with
-    :func:`xua.identity.require_patient` once it knows the patient."""
+    :mod:`opendmp.policy` once it knows the patient."""
     kind = _PATIENT_ACTIONS.get(request.action)
     if kind is None:
         return []
