@@ -8,8 +8,11 @@
 * ``off`` — nothing is verified, ``wsse:Security`` stays not understood (a
   ``mustUnderstand`` one gets a MustUnderstand fault): behind a trusted gateway only.
 
-Default: ``required`` when ``OPENDMP_XUA_TRUSTED_IDPS`` names identity providers (a
-production configuration); without it, a development setup: ``optional``, trusting the
+``OPENDMP_XUA_TRUSTED_IDPS`` pins IdP signing certificates; ``OPENDMP_XUA_IDP_ROOTS``
+names trust anchors (e.g. the IGC Santé roots): an assertion signed by a certificate that
+chains to one of them (its X509Data may carry intermediates) is trusted too.
+
+Default: ``required`` when either names identity providers (a production configuration); without it, a development setup: ``optional``, trusting the
 development IdP of ``$OPENDMP_HOME/xua/`` (a warning is logged).
 """
 from __future__ import annotations
@@ -58,10 +61,12 @@ class XuaSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str], home: Path) -> "XuaSettings":
         idps = env.get("OPENDMP_XUA_TRUSTED_IDPS", "").strip()
-        mode = (env.get("OPENDMP_XUA") or ("required" if idps else "optional")).strip().lower()
+        roots = env.get("OPENDMP_XUA_IDP_ROOTS", "").strip()
+        mode = (env.get("OPENDMP_XUA") or ("required" if idps or roots else "optional")
+                ).strip().lower()
         if mode not in MODES:
             raise ValueError(f"OPENDMP_XUA={mode!r}: expected one of {', '.join(MODES)}")
-        dev = not idps
+        dev = not idps and not roots
         if dev and mode != "off":
             from .idp import dev_idp_files
 
@@ -81,6 +86,7 @@ class XuaSettings:
                         "accepted")
         policy = SecurityPolicy(
             trusted_idps=trusted,
+            idp_roots=load_certificates(roots) if roots and mode != "off" else (),
             audiences=audience_list,
             skew=timedelta(seconds=int(env.get("OPENDMP_XUA_SKEW", 300))),
             max_age=timedelta(seconds=int(env.get("OPENDMP_XUA_MAX_AGE", 7200))),
