@@ -39,8 +39,12 @@ def _push(args: argparse.Namespace) -> int:
             print(f"\r{n}/{total} sent, {ok} accepted, {rate:.1f} documents/s", end="",
                   file=sys.stderr, flush=True)
 
+    signer = None
+    if args.sign:  # IHE DSG: the submission set signed (xua.dsg)
+        from xua.dsg import Signer
+        signer = Signer.from_files(args.sign, args.sign_cert or args.sign)
     push_files(args.to, paths, facility=_facility(args), source_id=args.source_id,
-               validate=not args.no_validate, progress=progress)
+               validate=not args.no_validate, progress=progress, signer=signer)
     if total > 1 and sys.stderr.isatty():
         print(file=sys.stderr)
     print(f"{ok}/{total} documents accepted")
@@ -99,6 +103,12 @@ def register(sub) -> None:
                                           "(default: $OPENDMP_SOURCE_ID or one for this host)")
     push.add_argument("--no-validate", action="store_true",
                       help="send without validating (schema, schematron, header rules) first")
+    push.add_argument("--sign", metavar="KEY",
+                      help="sign each submission set (IHE DSG, XAdES, as the DMP requires) with "
+                           "this PEM private key")
+    push.add_argument("--sign-cert", metavar="CERT",
+                      help="the signer's PEM certificate, then any intermediates (default: "
+                           "read from the --sign file)")
     _facility_options(push)
     push.set_defaults(func=_push)
 

@@ -66,8 +66,10 @@ def submission_for(data: bytes, facility: Facility | None = None,
 
 def push_one(client: SoapClient, data: bytes, label: str = "document",
              facility: Facility | None = None, source_id: str | None = None,
-             validate: bool = False) -> PushResult:
-    """Derive, (optionally) validate, send; never raises for a document problem."""
+             validate: bool = False, signer=None) -> PushResult:
+    """Derive, (optionally) validate, (optionally) sign the submission set with
+    ``signer`` (a :class:`xua.dsg.Signer`: IHE DSG, XAdES), send; never raises for a
+    document problem."""
     if validate:
         from .validation import validate as run_validation
         report = run_validation(data)
@@ -79,8 +81,14 @@ def push_one(client: SoapClient, data: bytes, label: str = "document",
     except (MetadataError, CdaError) as exc:
         return PushResult(label, False, status="not sent", errors=[str(exc)])
     de = sub.documents[0]
+    contents = {de.id: DocumentContent.of(data, "text/xml")}
+    if signer is not None:
+        from xua.dsg import sign_submission
+
+        sig, signature = sign_submission(sub, {de.id: data}, signer)
+        contents[sig.id] = DocumentContent.of(signature, "text/xml")
     try:
-        reply = provide_and_register(client, sub, {de.id: DocumentContent.of(data, "text/xml")})
+        reply = provide_and_register(client, sub, contents)
     except Exception as exc:  # noqa: BLE001 - transport problems are reported per document
         return PushResult(label, False, de.unique_id, de.patient_id, "not sent",
                           [f"{type(exc).__name__}: {exc}"])
@@ -101,14 +109,16 @@ def push_one(client: SoapClient, data: bytes, label: str = "document",
 
 def push(url: str, documents: Iterable[tuple[str, bytes]], facility: Facility | None = None,
          source_id: str | None = None, validate: bool = False,
-         progress: Callable[[int, PushResult], None] | None = None) -> list[PushResult]:
+         progress: Callable[[int, PushResult], None] | None = None,
+         signer=None) -> list[PushResult]:
     """Push ``(label, bytes)`` documents to the repository at ``url`` (its ITI-41
-    endpoint, e.g. ``http://127.0.0.1:8080/xds/repository``)."""
+    endpoint, e.g. ``http://127.0.0.1:8080/xds/repository``); with ``signer`` each
+    submission set is signed (:func:`xua.dsg.sign_submission`)."""
     client = SoapClient(url)
     results = []
     try:
         for n, (label, data) in enumerate(documents, 1):
-            result = push_one(client, data, label, facility, source_id, validate)
+            result = push_one(client, data, label, facility, source_id, validate, signer)
             results.append(result)
             if progress is not None:
                 progress(n, result)

@@ -35,7 +35,7 @@ def registry_endpoint(engine: Engine, domain: AffinityDomain,
 
     def iti18(request: SoapRequest) -> SoapResponse:
         with read_transaction(engine) as conn:
-            body = registry_stored_query(conn, request.payload, domain)
+            body = registry_stored_query(conn, request.payload, domain, request.identity)
         return SoapResponse(ITI18_RESPONSE_ACTION, body)
 
     return SoapEndpoint(path, [

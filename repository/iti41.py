@@ -24,6 +24,7 @@ from registry.iti42 import read_submit_objects_request
 from registry.model import DocumentEntry
 from soapstack.mtom import Attachment
 from soapstack.namespaces import LCM, XDSB
+from xua.dsg import Intake as DsgIntake
 
 from . import index
 from .actor import Repository
@@ -59,8 +60,8 @@ def _documents_by_id(request: etree._Element) -> tuple[dict[str, etree._Element]
 
 
 def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
-               attachments: dict[str, Attachment], cda: CdaIntake | None = None
-               ) -> tuple[StagedDocument | None, list]:
+               attachments: dict[str, Attachment], cda: CdaIntake | None = None,
+               dsg: DsgIntake | None = None) -> tuple[StagedDocument | None, list]:
     """Stream one document into the store and reconcile its metadata with the bytes."""
     where = f"DocumentEntry {de.id}"
     cda_sniffer = cda.sniffer(de) if cda is not None else None  # None unless XML
@@ -74,6 +75,8 @@ def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
                 writer.write(chunk)
                 if cda_sniffer is not None:
                     cda_sniffer.feed(chunk)
+                if dsg is not None:
+                    dsg.feed(de, chunk)
             staged = writer.finish()
     except binascii.Error as exc:
         return None, [_err(REPOSITORY_METADATA_ERROR, f"{where}: document content: {exc}", de.id)]
@@ -144,15 +147,17 @@ def provide_and_register(repo: Repository, request: etree._Element,
                                     "ProvideAndRegisterDocumentSetRequest has no "
                                     "lcm:SubmitObjectsRequest")])
         sub = read_submit_objects_request(sor)
+        dsg = DsgIntake.for_submission(sub)  # the submission set's signature (IHE DSG)
         documents, errors = _documents_by_id(request)
         errors += _check_pairing(sub, documents)
         if errors:
             raise E.XdsErrors(errors)
         for de in sub.documents:
-            one, problems = _store_one(repo, de, documents[de.id], attachments, cda)
+            one, problems = _store_one(repo, de, documents[de.id], attachments, cda, dsg)
             errors += problems
             if one is not None:
                 staged[de.unique_id] = one
+        errors = errors or dsg.check()
         if errors:
             raise E.XdsErrors(errors)
         indexed = _index_documents(repo, sub, staged)

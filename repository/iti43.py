@@ -16,6 +16,7 @@ from xml.sax.saxutils import escape
 
 from lxml import etree
 
+from opendmp import policy
 from opendmp.db import read_transaction
 from registry import errors as E
 from soapstack.envelope import SoapResponse
@@ -63,8 +64,10 @@ def _preverify(repo: Repository, doc: index.IndexedDocument) -> None:
 
 
 def retrieve_document_set(repo: Repository, request: etree._Element,
-                          home_community_id: str | None) -> SoapResponse:
-    """RetrieveDocumentSetRequest -> MTOM RetrieveDocumentSetResponse."""
+                          home_community_id: str | None, identity=None) -> SoapResponse:
+    """RetrieveDocumentSetRequest -> MTOM RetrieveDocumentSetResponse. Documents the
+    ``identity`` (the XUA context) may not see refuse the request
+    (:func:`opendmp.policy.require_documents`, a SecurityFault)."""
     requests = read_request(request)
     errors: list[E.XdsError] = []
     if not requests:
@@ -73,6 +76,8 @@ def retrieve_document_set(repo: Repository, request: etree._Element,
     wanted = [r for r in requests if _addressed_here(r, repo, home_community_id, errors)]
     with read_transaction(repo.engine) as conn:
         found = index.lookup(conn, [r.document_unique_id for r in wanted])
+        policy.require_documents(identity, conn, [u for u, d in found.items()
+                                                  if d.state == index.COMMITTED])
     responses, attachments = [], []
     for r in wanted:
         doc = found.get(r.document_unique_id)

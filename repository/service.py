@@ -28,7 +28,7 @@ def repository_endpoint(repo: Repository, home_community_id: str | None,
                             provide_and_register(repo, request.payload, request.attachments))
 
     def iti43(request: SoapRequest) -> SoapResponse:
-        return retrieve_document_set(repo, request.payload, home_community_id)
+        return retrieve_document_set(repo, request.payload, home_community_id, request.identity)
 
     return SoapEndpoint(path, [
         Operation(ITI41_ACTION, qn(XDSB, "ProvideAndRegisterDocumentSetRequest"), iti41),

@@ -27,6 +27,7 @@ from .envelope import (
 )
 from .mtom import close_attachments, mtom_message, read_mtom
 from .namespaces import WSA, qn
+from .wssecurity import SecurityFault
 
 log = logging.getLogger("opendmp.soap")
 
@@ -158,7 +159,13 @@ class SoapApplication:
                     f"action {op.action} expects a {etree.QName(op.body_tag).localname} "
                     f"body, got {{{etree.QName(payload).namespace}}}{etree.QName(payload).localname}"
                 )
-            response = op.handler(request)
+            try:
+                response = op.handler(request)
+            except SecurityFault as fault:  # an access-policy refusal (opendmp.policy)
+                refused = getattr(self.security, "refused", None)
+                if refused is not None:
+                    refused(request, fault)
+                raise
         except SoapFault as fault:
             close_attachments(attachments)
             return _fault(start_response, fault, relates_to)

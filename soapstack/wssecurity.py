@@ -83,8 +83,11 @@ class SecurityFault(SoapFault):
 class SecurityPolicy:
     """What :func:`verify_security` accepts."""
 
-    #: certificates of the identity providers whose assertions are trusted.
+    #: certificates of the identity providers whose assertions are trusted (pinned).
     trusted_idps: tuple[x509.Certificate, ...] = ()
+    #: trust anchors (e.g. the IGC Santé roots): an assertion signed by a certificate
+    #: that chains to one of them (RFC 5280 path validation, :mod:`.x509chain`) is trusted.
+    idp_roots: tuple[x509.Certificate, ...] = ()
     #: accepted ``saml2:Audience`` values; empty = no AudienceRestriction check.
     audiences: tuple[str, ...] = ()
     #: tolerated clock difference with the client and the IdP.
@@ -253,15 +256,26 @@ def verify_assertion(assertion: etree._Element, policy: SecurityPolicy,
         raise SecurityFault(f"the assertion's signature must have exactly one Reference to "
                             f"'#{assertion_id}' (found {got})", FAILED_CHECK)
     method = _algorithms_of(signature, policy, "the assertion's signature")
-    if not policy.trusted_idps:
-        raise SecurityFault("no identity provider is trusted (OPENDMP_XUA_TRUSTED_IDPS)",
-                            FAILED_AUTHENTICATION)
-    embedded = signature.find(f"{qn(DS, 'KeyInfo')}/{qn(DS, 'X509Data')}/{qn(DS, 'X509Certificate')}")
+    if not policy.trusted_idps and not policy.idp_roots:
+        raise SecurityFault("no identity provider is trusted (OPENDMP_XUA_TRUSTED_IDPS, "
+                            "OPENDMP_XUA_IDP_ROOTS)", FAILED_AUTHENTICATION)
+    embedded = signature.findall(f"{qn(DS, 'KeyInfo')}/{qn(DS, 'X509Data')}/"
+                                 f"{qn(DS, 'X509Certificate')}")
     candidates: Iterable[x509.Certificate]
-    if embedded is not None:
-        cert = _load_b64_cert(embedded.text, "the assertion's KeyInfo certificate")
+    if embedded:
+        certs = [_load_b64_cert(e.text, "the assertion's KeyInfo certificate") for e in embedded]
+        cert = certs[0]
         fp = _cert_fingerprint(cert)
         candidates = [c for c in policy.trusted_idps if _cert_fingerprint(c) == fp]
+        if not candidates and policy.idp_roots:
+            from .x509chain import ChainError, verify_chain
+
+            try:  # the signer first, then any intermediates (XMLDSig §4.4.4 X509Data)
+                verify_chain(cert, certs[1:], policy.idp_roots, now)
+            except ChainError as exc:
+                raise SecurityFault(f"the assertion is signed by an untrusted certificate: {exc}",
+                                    FAILED_AUTHENTICATION) from None
+            candidates = [cert]
         if not candidates:
             raise SecurityFault(f"the assertion is signed by an untrusted certificate "
                                 f"({cert.subject.rfc4514_string()})", FAILED_AUTHENTICATION)

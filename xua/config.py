@@ -8,8 +8,11 @@
 * ``off`` — nothing is verified, ``wsse:Security`` stays not understood (a
   ``mustUnderstand`` one gets a MustUnderstand fault): behind a trusted gateway only.
 
-Default: ``required`` when ``OPENDMP_XUA_TRUSTED_IDPS`` names identity providers (a
-production configuration); without it, a development setup: ``optional``, trusting the
+``OPENDMP_XUA_TRUSTED_IDPS`` pins IdP signing certificates; ``OPENDMP_XUA_IDP_ROOTS``
+names trust anchors (e.g. the IGC Santé roots): an assertion signed by a certificate that
+chains to one of them (its X509Data may carry intermediates) is trusted too.
+
+Default: ``required`` when either names identity providers (a production configuration); without it, a development setup: ``optional``, trusting the
 development IdP of ``$OPENDMP_HOME/xua/`` (a warning is logged).
 """
 from __future__ import annotations
@@ -25,7 +28,9 @@ from cryptography import x509
 from soapstack.envelope import SoapRequest
 from soapstack.wssecurity import SECURITY, SecurityFault, SecurityPolicy, verify_security
 
-from .identity import build_identity, require_patient
+from opendmp.policy import require_patient
+
+from .identity import build_identity
 
 log = logging.getLogger("opendmp.xua")
 MODES = ("required", "optional", "off")
@@ -56,10 +61,12 @@ class XuaSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str], home: Path) -> "XuaSettings":
         idps = env.get("OPENDMP_XUA_TRUSTED_IDPS", "").strip()
-        mode = (env.get("OPENDMP_XUA") or ("required" if idps else "optional")).strip().lower()
+        roots = env.get("OPENDMP_XUA_IDP_ROOTS", "").strip()
+        mode = (env.get("OPENDMP_XUA") or ("required" if idps or roots else "optional")
+                ).strip().lower()
         if mode not in MODES:
             raise ValueError(f"OPENDMP_XUA={mode!r}: expected one of {', '.join(MODES)}")
-        dev = not idps
+        dev = not idps and not roots
         if dev and mode != "off":
             from .idp import dev_idp_files
 
@@ -79,6 +86,7 @@ class XuaSettings:
                         "accepted")
         policy = SecurityPolicy(
             trusted_idps=trusted,
+            idp_roots=load_certificates(roots) if roots and mode != "off" else (),
             audiences=audience_list,
             skew=timedelta(seconds=int(env.get("OPENDMP_XUA_SKEW", 300))),
             max_age=timedelta(seconds=int(env.get("OPENDMP_XUA_MAX_AGE", 7200))),
@@ -132,13 +140,18 @@ class XuaStep:
                     require_patient(identity, patient)
             request.identity = identity
         except SecurityFault as fault:
-            log.warning("refused %s from %s: %s", request.action, request.remote_addr, fault.reason)
-            if self.on_refusal is not None:
-                try:
-                    self.on_refusal(request, fault)
-                except Exception:  # noqa: BLE001 - auditing never changes the answer
-                    log.exception("could not audit a refused assertion")
+            self.refused(request, fault)
             raise
+
+    def refused(self, request: SoapRequest, fault: SecurityFault) -> None:
+        """Log and audit (ATNA security alert) a refusal: this step's own, or one an actor
+        raised through :mod:`opendmp.policy` (called by :class:`soapstack.wsgi.SoapApplication`)."""
+        log.warning("refused %s from %s: %s", request.action, request.remote_addr, fault.reason)
+        if self.on_refusal is not None:
+            try:
+                self.on_refusal(request, fault)
+            except Exception:  # noqa: BLE001 - auditing never changes the answer
+                log.exception("could not audit a refused request")
 
 
 _PATIENT_ACTIONS = {
@@ -152,7 +165,7 @@ def request_patients(request: SoapRequest) -> list[str]:
     """The patient(s) a request names in its payload: the stored query's patient
     parameter (ITI-18), the submission set's patientId (ITI-41/42). Requests naming no
     patient (GetDocuments by UUID, ITI-43) are for the actor to check with
-    :func:`xua.identity.require_patient` once it knows the patient."""
+    :mod:`opendmp.policy` once it knows the patient."""
     kind = _PATIENT_ACTIONS.get(request.action)
     if kind is None:
         return []

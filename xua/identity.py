@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
+from opendmp.policy import require_patient  # the access policy lives in one module
 from soapstack.wssecurity import (
     FAILED_AUTHENTICATION,
     SAML2,
@@ -240,27 +241,6 @@ def build_identity(verified: VerifiedSecurity, profile: str = "vihf") -> Identit
         patient_id=patient, authentication_mode=auth_mode,
         vihf_version=_single_text(attrs, "VIHF_Version", "VIHF version", required=False),
         software=software, **common)
-
-
-def _cx_key(cx: str) -> tuple[str, str]:
-    parts = cx.strip().split("^")
-    authority = parts[3].split("&") if len(parts) > 3 else [""]
-    oid = authority[1] if len(authority) > 1 else authority[0]
-    return parts[0].strip(), oid.strip()
-
-
-def require_patient(context: IdentityContext | None, cx: str | None) -> None:
-    """Refuse a request for a patient other than the assertion's resource-id.
-
-    Actors call it with the patient of the request (query parameter, submission set
-    patientId). No context (XUA optional/off, no assertion) or a generic XUA assertion
-    without resource-id: nothing to check.
-    """
-    if context is None or context.patient_id is None or cx is None:
-        return
-    if _cx_key(context.patient_id) != _cx_key(cx):
-        raise SecurityFault(f"the request is for patient {cx} but the assertion authorizes "
-                            f"{context.patient_id} (resource-id)", FAILED_AUTHENTICATION)
 
 
 __all__ = ["Code", "IdentityContext", "build_identity", "require_patient", "check_patient_cx"]

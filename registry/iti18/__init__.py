@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlalchemy
 from lxml import etree
 
+from opendmp import policy
 from registry import errors as E
 from registry.affinity import AffinityDomain
 
@@ -22,11 +23,12 @@ __all__ = ["QUERIES", "STORED_QUERIES", "StoredQuery", "registry_stored_query"]
 
 
 def registry_stored_query(conn: sqlalchemy.Connection, request: etree._Element,
-                          domain: AffinityDomain) -> bytes:
+                          domain: AffinityDomain, identity=None) -> bytes:
     """query:AdhocQueryRequest element -> serialized query:AdhocQueryResponse (UTF-8, no
     XML declaration, xmlns declarations for query/rim/rs). Never raises for request
     errors: returns a Failure response with the RegistryErrorList. Database errors
-    propagate."""
+    propagate; what the ``identity`` (the XUA context) may not see is refused by
+    :func:`opendmp.policy.require_registry_objects` (a SecurityFault)."""
     try:
         adhoc = read_request(request)
         query = STORED_QUERIES.get(adhoc.query_id.lower())
@@ -48,6 +50,7 @@ def registry_stored_query(conn: sqlalchemy.Connection, request: etree._Element,
             E.TOO_MANY_RESULTS,
             f"{query.name} would return more than {domain.max_query_results} objects; "
             "narrow the query")])
+    policy.require_registry_objects(identity, conn, rows)
     home = domain.home_community_id
     if leaf:
         return response.leaf_class([r.ebrim for r in rows], home, params.warnings)
