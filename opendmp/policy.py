@@ -68,9 +68,14 @@ def require_patient(identity, cx: str | None) -> None:
                             f"{allowed} (resource-id)", FAILED_AUTHENTICATION)
 
 
-def _refuse_disclosure(what: str) -> SecurityFault:
-    return SecurityFault(f"{what} of another patient than the assertion's resource-id: "
-                         "refused (the assertion authorizes one patient)", FAILED_AUTHENTICATION)
+def _refuse_disclosure(what: str, patients: Iterable[str]) -> SecurityFault:
+    """The refusal; ``patient_ids`` (the patients whose records were asked for) go to the
+    ATNA security alert only, so that the attempt appears in their access history
+    (CSP art. L. 1111-19), never into the fault's reason."""
+    fault = SecurityFault(f"{what} of another patient than the assertion's resource-id: "
+                          "refused (the assertion authorizes one patient)", FAILED_AUTHENTICATION)
+    fault.patient_ids = sorted(set(patients))
+    return fault
 
 
 def _patient_cxs(conn: Connection, pks: set[int]) -> dict[int, str]:
@@ -90,7 +95,8 @@ def require_registry_objects(identity, conn: Connection, rows: Iterable) -> None
     key = cx_key(allowed)
     cxs = _patient_cxs(conn, pks)
     if any(cx_key(cx) != key for cx in cxs.values()) or len(cxs) != len(pks):
-        raise _refuse_disclosure("the query would return registry objects")
+        raise _refuse_disclosure("the query would return registry objects",
+                                 (cx for cx in cxs.values() if cx_key(cx) != key))
 
 
 def require_documents(identity, conn: Connection, unique_ids: Iterable[str]) -> None:
@@ -107,12 +113,14 @@ def require_documents(identity, conn: Connection, unique_ids: Iterable[str]) -> 
         select(ro.c.unique_id, patient.c.cx)
         .join(patient, patient.c.pk == ro.c.patient_pk)
         .where(ro.c.unique_id.in_(wanted), ro.c.kind.in_(DOCUMENT_KINDS)))
+    found = [(r.unique_id, r.cx) for r in rows]
     owners: dict[str, set[tuple[str, str]]] = {}
-    for r in rows:
-        owners.setdefault(r.unique_id, set()).add(cx_key(r.cx))
+    for uid, cx in found:
+        owners.setdefault(uid, set()).add(cx_key(cx))
     key = cx_key(allowed)
     if any(owners.get(uid) != {key} for uid in wanted):
-        raise _refuse_disclosure("the request retrieves documents")
+        raise _refuse_disclosure("the request retrieves documents",
+                                 (cx for _, cx in found if cx_key(cx) != key))
 
 
 __all__ = ["authorized_patient", "cx_key", "require_documents", "require_patient",

@@ -149,3 +149,33 @@ def test_iti43_of_another_patients_document_is_refused_and_audited(two_patients)
     # an unknown document is still the repository's XDSDocumentUniqueIdError, not a refusal
     got, docs = _retrieve(srv, assertion, [F.new_oid()])
     assert got == "Failure" and docs == []
+
+
+def _history(srv, patient: str) -> list[dict]:
+    from urllib.parse import quote
+    r = httpx.get(srv.url(f"/audit/patients/{quote(patient, safe='')}/access-history"), timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["accesses"]
+
+
+def test_refused_disclosures_appear_in_the_access_history_of_the_patient_asked_for(module_server_factory):
+    """CSP art. L. 1111-19: the patient whose documents were asked for sees the refused
+    attempt (ITI-43 and ITI-18 by UUID), although the fault itself names nobody."""
+    srv = module_server_factory()
+    mine, other = F.new_ins(), F.new_ins()
+    for p in (mine, other):
+        assert srv.run_cli(["patient", "add", p]).returncode == 0
+    _store(srv, mine)
+    their_uuid, their_uid, _ = _store(srv, other)
+    assertion = _assertion_for(srv, mine)
+    _refused(lambda: _retrieve(srv, assertion, [their_uid]))
+    _refused(lambda: _query(srv, assertion, GET_DOCUMENTS,
+                            {"$XDSDocumentEntryEntryUUID": f"('{their_uuid}')"}))
+    deadline = time.time() + 20
+    while True:
+        refused = [(a["transaction"], a["result"]) for a in _history(srv, other)
+                   if a["result"] == "refused"]
+        if len(refused) >= 2 or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(refused) == [("ITI-18", "refused"), ("ITI-43", "refused")]
