@@ -21,6 +21,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 from xml.sax.saxutils import escape
 
 import httpx
@@ -68,6 +69,26 @@ class Workload:
         vals = self.values(rng, client, i)
         vals["MSGID"] = f"urn:uuid:{uuid.UUID(int=rng.getrandbits(128), version=4)}".encode()
         return self.template.render(vals)
+
+    # the Job protocol of run_phase
+    def connect(self) -> httpx.Client:
+        return httpx.Client(timeout=60)  # one keep-alive connection for the whole phase
+
+    def prepare(self, rng: random.Random, client: int, i: int) -> tuple[None, bytes]:
+        return None, self.body(rng, client, i)
+
+    def send(self, http: httpx.Client, body: bytes) -> tuple[str | None, int]:
+        headers = {"Content-Type": f'application/soap+xml; charset=UTF-8; action="{self.action}"'}
+        try:
+            r = http.post(self.url, content=body, headers=headers)
+            content, status = r.content, r.status_code
+        except httpx.HTTPError as exc:
+            content, status = repr(exc).encode(), 0
+        if status == 200 and SUCCESS in content:
+            return None, content.count(self.count_tag) if self.count_tag else 0
+        codes = sorted(set(_ERROR_CODE.findall(content)))
+        return f"HTTP {status}: " + (", ".join(c.decode() for c in codes) if codes
+                                     else repr(content[:600])), 0
 
 
 def find_documents(url: str, patients: list[str]) -> Workload:
@@ -232,6 +253,8 @@ class PhaseResult:
     cpu: dict = field(default_factory=dict)
     #: measurements of this phase discarded because others used the machine
     discarded: list[float] = field(default_factory=list)
+    #: keys of the successful requests, warm-up included (ITI-41: the uniqueIds stored)
+    stored: list[str] = field(default_factory=list)
 
     @property
     def disturbed(self) -> bool:
@@ -261,28 +284,48 @@ class PhaseResult:
         return self.cpu[part] / 100 * ncpu * self.seconds / self.count * 1000
 
     @property
+    def mean_ms(self) -> float:
+        return 1000 * sum(self.latencies) / len(self.latencies) if self.latencies else float("nan")
+
+    @property
     def mean_results(self) -> float:
         return self.results / self.count if self.count else 0.0
 
 
-_WORKLOAD: Workload | None = None
+class Job(Protocol):
+    """What a client process runs (inherited by the forked processes, not pickled):
+    :class:`Workload` here, ``benchmarks.repository.Iti41Job`` / ``Iti43Job``."""
+
+    name: str
+
+    def connect(self):
+        """A keep-alive session for the whole phase (has ``close()``)."""
+
+    def prepare(self, rng: random.Random, client: int, i: int) -> tuple[str | None, object]:
+        """Before the clock starts: (a key recorded when the request succeeds, or None;
+        what :meth:`send` needs). ``client`` is unique per client process and phase."""
+
+    def send(self, session, prepared) -> tuple[str | None, int]:
+        """One timed request: (None or an error description, results counted)."""
+
+
+_JOB: Job | None = None
 
 
 def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
                  warmup: float) -> None:
-    wl = _WORKLOAD
+    job = _JOB
     rng = random.Random(seed)
-    headers = {"Content-Type": f'application/soap+xml; charset=UTF-8; action="{wl.action}"'}
     lat: list[float] = []
+    stored: list[str] = []
     errors, results, sample, i = 0, 0, "", 0
     cpu0 = None
-    tag = wl.count_tag
-    http = httpx.Client(timeout=60)  # one keep-alive connection for the whole phase
+    session = job.connect()
     try:
         while time.monotonic() < t_start - warmup:
             time.sleep(0.005)
         while True:
-            body = wl.body(rng, seed, i)
+            key, prepared = job.prepare(rng, seed, i)
             i += 1
             t0 = time.monotonic()
             if t0 >= t_end:
@@ -290,37 +333,33 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
             if cpu0 is None and t0 >= t_start:
                 cpu0 = time.process_time()
             try:
-                r = http.post(wl.url, content=body, headers=headers)
-                content, status = r.content, r.status_code
-            except httpx.HTTPError as exc:
-                content, status = repr(exc).encode(), 0
+                error, n = job.send(session, prepared)
+            except Exception as exc:  # noqa: BLE001 - counted and reported
+                error, n = f"{type(exc).__name__}: {exc}"[:600], 0
             t1 = time.monotonic()
+            if error is None and key is not None:
+                stored.append(key)
             if t0 < t_start or t1 > t_end:  # warm-up, or finished after the window
                 continue
-            ok = status == 200 and SUCCESS in content
-            if ok:
+            if error is None:
                 lat.append(t1 - t0)
-                if tag:
-                    results += content.count(tag)
+                results += n
             else:
                 errors += 1
-                if not sample:
-                    codes = sorted(set(_ERROR_CODE.findall(content)))
-                    sample = f"HTTP {status}: " + (
-                        ", ".join(c.decode() for c in codes) if codes else repr(content[:600]))
+                sample = sample or error
     finally:
-        http.close()
+        session.close()
     cpu = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
-    conn.send((lat, errors, sample, results, cpu))
+    conn.send((lat, errors, sample, results, stored, cpu))
     conn.close()
 
 
-def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
+def run_phase(job: Job, clients: int, seconds: float, warmup: float,
               server_pgid: int | None, postmaster: int | None, seed: int) -> PhaseResult:
-    """``clients`` forked processes, closed loop, one keep-alive connection each, for
-    ``seconds`` after ``warmup``."""
-    global _WORKLOAD
-    _WORKLOAD = workload
+    """``clients`` forked processes, closed loop, one keep-alive session each, for
+    ``seconds`` after ``warmup``, with the CPU split of the measured window."""
+    global _JOB
+    _JOB = job
     ctx = mp.get_context("fork")
     t_start = time.monotonic() + 0.5 + warmup
     t_end = t_start + seconds
@@ -338,16 +377,17 @@ def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
     before = CpuSample.take(server_pgid, postmaster, mine)
     time.sleep(max(0.0, t_end - time.monotonic()))
     after = CpuSample.take(server_pgid, postmaster, mine)
-    res = PhaseResult(workload.name, clients, seconds)
+    res = PhaseResult(job.name, clients, seconds)
     for parent in pipes:
-        lat, errors, sample, results, cpu = parent.recv()
+        lat, errors, sample, results, stored, cpu = parent.recv()
         res.latencies += lat
         res.errors += errors
         res.error_sample = res.error_sample or sample
         res.results += results
+        res.stored += stored
         res.client_cpu_s += cpu
     for p in procs:
-        p.join(30)
+        p.join(60)
     ncpu = os.cpu_count() or 1
     wall_ticks = seconds * _TICK * ncpu
 
@@ -373,5 +413,5 @@ def run_phase(workload: Workload, clients: int, seconds: float, warmup: float,
     #: kernel threads, interrupts (loopback networking is a few %)
     res.cpu["foreign"] = max(0.0, res.cpu["machine"] - res.cpu["clients"] - res.cpu["server"]
                              - res.cpu["postgres"])
-    _WORKLOAD = None
+    _JOB = None
     return res

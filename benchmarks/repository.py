@@ -50,7 +50,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import random
 import shutil
@@ -86,6 +85,7 @@ from soapstack.client import SoapClient, build_envelope
 from soapstack.mtom import xop_attachment
 from soapstack.namespaces import RS, XDSB
 
+from . import client as C
 from . import profile as P
 from . import rss
 from .registry import machine_facts
@@ -326,9 +326,12 @@ class Iti41Job:
             DocumentContent(self.doc.mime_type, size, chunks))})
         return base + ".1", (body, attachments)
 
-    def send(self, soap: SoapClient, prepared) -> str | None:
+    def connect(self) -> SoapClient:
+        return SoapClient(self.url, timeout=600)
+
+    def send(self, soap: SoapClient, prepared) -> tuple[str | None, int]:
         body, attachments = prepared
-        return registry_error(soap.call(ITI41_ACTION, body, attachments=attachments).payload)
+        return registry_error(soap.call(ITI41_ACTION, body, attachments=attachments).payload), 0
 
 
 @dataclass
@@ -344,236 +347,28 @@ class Iti43Job:
     def prepare(self, rng: random.Random, client: int, i: int):
         return None, self.uids[rng.randrange(len(self.uids))]
 
-    def send(self, soap: SoapClient, uid: str) -> str | None:
+    def connect(self) -> SoapClient:
+        return SoapClient(self.url, timeout=600)
+
+    def send(self, soap: SoapClient, uid: str) -> tuple[str | None, int]:
         response, docs = retrieve(soap, self.repository_unique_id, [uid])
         error = registry_error(response)
         # sizes differ from the nominal one by the length of the patient id and uniqueId
         if error is None and (len(docs) != 1 or abs(len(docs[0].content) - self.size) > 64):
             error = f"got {[len(d.content) for d in docs]} bytes, expected ~[{self.size}]"
-        return error
+        return error, 0
 
 
-@dataclass
-class Phase:
-    name: str
-    clients: int
-    seconds: float
-    latencies: list[float] = field(default_factory=list)
-    errors: int = 0
-    error_sample: str = ""
-    client_cpu_s: float = 0.0
-    cpu: dict = field(default_factory=dict)
-    #: uniqueIds of the documents stored (ITI-41), warm-up included
-    stored: list[str] = field(default_factory=list)
-    #: rates of earlier attempts discarded because other processes used the machine
-    discarded: list[float] = field(default_factory=list)
-
-    @property
-    def count(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.seconds if self.seconds else 0.0
-
-    def pct(self, q: float) -> float:
-        """Latency percentile in ms (nearest rank)."""
-        if not self.latencies:
-            return float("nan")
-        lat = sorted(self.latencies)
-        return 1000 * lat[min(len(lat) - 1, max(0, int(round(q * len(lat))) - 1))]
-
-    @property
-    def mean_ms(self) -> float:
-        return 1000 * statistics.fmean(self.latencies) if self.latencies else float("nan")
-
-    @property
-    def disturbed(self) -> bool:
-        return self.cpu.get("foreign", 0.0) > FOREIGN_LIMIT
-
-
-_JOB = None
-
-
-def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
-                 warmup: float) -> None:
-    job = _JOB
-    rng = random.Random(seed)
-    soap = SoapClient(job.url, timeout=600)
-    lat: list[float] = []
-    stored: list[str] = []
-    errors, sample, i, cpu0 = 0, "", 0, None
-    try:
-        while time.monotonic() < t_start - warmup:
-            time.sleep(0.005)
-        while True:
-            key, prepared = job.prepare(rng, seed, i)  # seed: unique per client and run
-            i += 1
-            t0 = time.monotonic()
-            if t0 >= t_end:
-                break
-            if cpu0 is None and t0 >= t_start:
-                cpu0 = time.process_time()
-            try:
-                error = job.send(soap, prepared)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
-                error = f"{type(exc).__name__}: {exc}"[:600]
-            t1 = time.monotonic()
-            if error is None and key is not None:
-                stored.append(key)
-            if t0 < t_start or t1 > t_end:  # warm-up, or finished after the window
-                continue
-            if error is None:
-                lat.append(t1 - t0)
-            else:
-                errors += 1
-                sample = sample or error
-    finally:
-        soap.close()
-    cpu = time.process_time() - (cpu0 if cpu0 is not None else time.process_time())
-    conn.send((lat, errors, sample, stored, cpu))
-    conn.close()
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
 #: smaps_rollup of the RSS run's worker at its baseline (benchmarks/rss.py)
 BASELINE_ROLLUP: dict[str, int] = {}
-#: a run during which other processes used more than this % of the machine is re-run
-FOREIGN_LIMIT = 10.0
+FOREIGN_LIMIT = C.FOREIGN_LIMIT
+Phase = C.PhaseResult
 
 
-def _proc_stat(pid: int) -> tuple[int, int, int] | None:
-    """(ppid, pgrp, utime+stime ticks) of a process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(b")") + 2:].split()
-    return int(fields[1]), int(fields[2]), int(fields[11]) + int(fields[12])
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs."""
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    total = sum(vals[:8])
-    return total - vals[3] - vals[4], total
-
-
-@dataclass
-class CpuSample:
-    """CPU ticks of the machine, of the server's process group, of PostgreSQL, and of
-    every other process (``others``: other sessions on the machine, kernel threads)."""
-
-    busy: int
-    total: int
-    server: int
-    postgres: int
-    others: dict[int, int]
-    #: ticks per process of the server's group (gunicorn master, workers, listeners)
-    server_split: dict[int, int] = field(default_factory=dict)
-
-    @classmethod
-    def take(cls, server_pgid: int, postmaster: int | None, exclude: frozenset[int]
-             ) -> "CpuSample":
-        busy, total = _machine_ticks()
-        server = pg = 0
-        others: dict[int, int] = {}
-        split: dict[int, int] = {}
-        for name in os.listdir("/proc"):
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            st = _proc_stat(pid)
-            if st is None:
-                continue
-            ppid, pgrp, ticks = st
-            if pgrp == server_pgid:
-                server += ticks
-                split[pid] = ticks
-            elif postmaster is not None and (pid == postmaster or ppid == postmaster):
-                pg += ticks
-            elif pid not in exclude:
-                others[pid] = ticks
-        return cls(busy, total, server, pg, others, split)
-
-
-def machine_busy(seconds: float = 0.5) -> float:
-    """% of all CPUs busy over the next ``seconds``."""
-    b0, t0 = _machine_ticks()
-    time.sleep(seconds)
-    b1, t1 = _machine_ticks()
-    return 100.0 * (b1 - b0) / max(1, t1 - t0)
-
-
-def wait_quiet(limit: float = 15.0, timeout: float = 120.0) -> float:
-    """Wait (up to ``timeout`` s) until the machine is below ``limit`` % busy (between
-    runs only the idle server and database are ours); return the last reading."""
-    deadline = time.monotonic() + timeout
-    busy = machine_busy()
-    while busy > limit and time.monotonic() < deadline:
-        busy = machine_busy()
-    return busy
-
-
-def run_phase(job, clients: int, seconds: float, warmup: float, server_pgid: int,
-              postmaster: int | None, seed: int) -> Phase:
-    """``clients`` forked processes, closed loop, ``seconds`` measured after ``warmup``
-    (the protocol of benchmarks.client.run_phase), with the CPU split of the window."""
-    global _JOB
-    _JOB = job
-    ctx = mp.get_context("fork")
-    t_start = time.monotonic() + 0.5 + warmup
-    t_end = t_start + seconds
-    procs, pipes = [], []
-    for c in range(clients):
-        parent, child = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_client_main,
-                        args=(child, c, seed * 1000 + c, t_start, t_end, warmup), daemon=True)
-        p.start()
-        child.close()
-        procs.append(p)
-        pipes.append(parent)
-    mine = frozenset([os.getpid(), *(p.pid for p in procs)])
-    time.sleep(max(0.0, t_start - time.monotonic()))
-    before = CpuSample.take(server_pgid, postmaster, mine)
-    time.sleep(max(0.0, t_end - time.monotonic()))
-    after = CpuSample.take(server_pgid, postmaster, mine)
-    res = Phase(job.name, clients, seconds)
-    for parent in pipes:
-        lat, errors, sample, stored, cpu = parent.recv()
-        res.latencies += lat
-        res.errors += errors
-        res.error_sample = res.error_sample or sample
-        res.stored += stored
-        res.client_cpu_s += cpu
-    for p in procs:
-        p.join(60)
-    wall_ticks = seconds * _TICK * (os.cpu_count() or 1)
-
-    def share(ticks: float) -> float:
-        return 100.0 * ticks / wall_ticks
-
-    others = {pid: t - before.others[pid] for pid, t in after.others.items()
-              if pid in before.others and t > before.others[pid]}
-    res.cpu = {
-        "machine": 100.0 * (after.busy - before.busy) / max(1, after.total - before.total),
-        "server": share(after.server - before.server),
-        "postgres": share(after.postgres - before.postgres),
-        "clients": share(res.client_cpu_s * _TICK),
-        "others": share(sum(others.values())),
-    }
-    #: % of the machine per server process, busiest first (gunicorn workers; the master
-    #: and the PIX/ATNA listeners are the small ones): shows how connections spread
-    res.cpu["server_split"] = sorted(
-        (round(share(t - before.server_split.get(pid, 0)))
-         for pid, t in after.server_split.items()), reverse=True)[:4]
-    # what neither the benchmark nor the product used: other sessions, kernel, interrupts
-    res.cpu["foreign"] = max(0.0, res.cpu["machine"] - res.cpu["clients"] - res.cpu["server"]
-                             - res.cpu["postgres"])
-    _JOB = None
-    return res
+def wait_quiet() -> float:
+    """Wait until the machine is below 15 % busy (between runs only the idle server and
+    database are ours); return the last reading."""
+    return C.wait_quiet(limit=15.0, calm=0.5, timeout=120.0)
 
 
 # ----------------------------------------------------------------- the floor
@@ -954,7 +749,8 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
         f"Machine: nproc {facts['nproc']} ({facts['cpu']}), {facts['ram_gb']} GB RAM, Linux "
         f"{facts['kernel']}, Python {facts['python']}; document store and spool on "
         f"{facts['fs']}. DB: {facts['db']}. Server: gunicorn gthread, {a.workers} workers x "
-        f"{a.threads} threads (RSS runs: 1 worker x {a.threads} threads), access log on. "
+        f"{a.threads} threads (RSS runs: 1 worker x {a.threads} threads), access log "
+        f"{'on' if a.server_env.get('OPENDMP_ACCESS_LOG') else 'off (default)'}. "
         f"Clients: forked processes on the same machine, one keep-alive httpx client each, "
         f"closed loop; {a.seconds:g} s measured per run after {a.warmup:g} s warm-up; "
         f"{a.patients} pre-registered patients. Code: {facts['code']}."
@@ -1101,7 +897,7 @@ def run(a: argparse.Namespace) -> int:
                 if a.profile and clients > 1:
                     spies = P.start(server.proc.pid, Path(a.profile), label,
                                     a.seconds + a.warmup + 0.5)
-                r = run_phase(job, clients, a.seconds, a.warmup, server.proc.pid, postmaster,
+                r = C.run_phase(job, clients, a.seconds, a.warmup, server.proc.pid, postmaster,
                               seed=a.seed * 10_000 + phase_no)
                 if spies is not None:
                     log(f"  py-spy profile of {label}:\n" + P.finish(

@@ -152,7 +152,7 @@ def instrument(app, bd: Breakdown) -> None:
     """Wrap the steps of ITI-41 / ITI-43 (names as in the product code)."""
     import soapstack.wsgi as wsgi
     from registry import iti42, store as rstore
-    from repository import gateway, index, iti41, iti43, service, storage
+    from repository import gateway, iti41, iti43, service, storage
 
     reader = app.readers["multipart/related"]
     holder = type("Readers", (), {"read_mtom": staticmethod(reader)})
@@ -166,22 +166,19 @@ def instrument(app, bd: Breakdown) -> None:
     bd.wrap(storage._FilePendingWrite, "write", "    writer.write (AES-GCM, write)")
     bd.wrap(storage._FilePendingWrite, "finish",
             "    writer.finish (fsync file, rename, fsync dir)")
-    try:
-        from cda import crosscheck
-        bd.wrap(crosscheck.Intake, "check", "    cda Intake.check (parse CDA, compare header)")
-        bd.wrap(crosscheck.Intake, "after_register", "  cda Intake.after_register (summary)")
-    except ImportError:
-        pass
-    bd.wrap(iti41, "_index_documents", "  _index_documents (lookup + stage row: 2 transactions)")
-    bd.wrap(storage.FileSystemStore, "commit", "  store.commit (mkdirs, rename, 2 dir fsyncs)")
-    bd.wrap(gateway.InProcessRegistry, "register", "  registry.register (1 transaction)")
+    from cda import crosscheck
+    bd.wrap(crosscheck.Intake, "check", "    cda Intake.check (parse CDA, compare header)")
+    bd.wrap(iti41, "_register_in_one_transaction",
+            "  one write transaction: index row + registration + CDA summary")
+    bd.wrap(iti41, "_index_rows", "    _index_rows (lookup + insert COMMITTED row)")
     bd.wrap(gateway, "register_submission", "    register_submission (ITI-42 checks + insert)")
     bd.wrap(iti42, "validate_submission", "      validate_submission")
     bd.wrap(iti42, "_check_unique_ids", "      _check_unique_ids")
     bd.wrap(rstore, "insert_objects", "      store.insert_objects")
-    bd.wrap(index, "mark_committed", "    index.mark_committed")
+    bd.wrap(crosscheck.Intake, "after_register", "    cda Intake.after_register (summary)")
+    bd.wrap(storage.FileSystemStore, "commit", "  store.commit (rename into objects/, after commit)")
     bd.wrap(service, "retrieve_document_set", "repository.iti43.retrieve_document_set")
-    bd.wrap(iti43, "_preverify", "  _preverify (decrypt + SHA-1 before answering)")
+    bd.wrap(iti43, "_read_verified", "  _read_verified (decrypt + SHA-1 before answering)")
     bd.wrap(storage.FileSystemStore, "open", "  store.open (header, key unwrap)")
 
 

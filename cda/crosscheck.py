@@ -204,14 +204,20 @@ class Intake:
             return []
         return [E.XdsError(REPOSITORY_METADATA_ERROR, message, de.unique_id)]
 
-    def after_register(self, engine) -> None:
+    def after_register(self, engine, conn=None) -> None:
         """File the registered CDA documents' facts in the patient summary (best effort:
-        the documents are registered whatever happens here)."""
+        the documents are registered whatever happens here). With ``conn`` (the
+        repository's registration transaction) the rows join that transaction, each
+        document under a savepoint so that a failure here leaves the registration whole."""
         if not self.summaries or not self.documents:
             return
         from .summary import store_summary
         for de, header in self.documents:
             try:
-                store_summary(engine, header, de.unique_id or header.unique_id)
+                if conn is None:
+                    store_summary(engine, header, de.unique_id or header.unique_id)
+                else:
+                    with conn.begin_nested():
+                        store_summary(engine, header, de.unique_id or header.unique_id, conn)
             except Exception:  # noqa: BLE001 - the registration stands; log and go on
                 log.exception("cannot file the summary of document %s", de.unique_id)

@@ -183,8 +183,9 @@ def _cut(value: str | None, n: int) -> str | None:
     return value[:n] if value else value
 
 
-def store_summary(engine, header: CdaHeader, document_unique_id: str) -> int:
-    """Replace the facts of one document; returns how many were filed."""
+def store_summary(engine, header: CdaHeader, document_unique_id: str, conn=None) -> int:
+    """Replace the facts of one document; returns how many were filed. With ``conn``, in
+    the caller's transaction (ITI-41 registration), else in a transaction of its own."""
     ins = header.patient.ins
     if ins is None or not ins.extension:
         return 0
@@ -197,12 +198,19 @@ def store_summary(engine, header: CdaHeader, document_unique_id: str) -> int:
              "interpretation": _cut(f.interpretation, 32),
              "effective_time": _cut(f.effective_time, 32), "detail": _cut(f.detail, 512)}
             for f in facts]
-    with write_transaction(engine) as conn:
-        conn.execute(delete(cda_summary_item)
-                     .where(cda_summary_item.c.document_unique_id == document_unique_id))
-        if rows:
-            conn.execute(insert(cda_summary_item), rows)
+    if conn is None:
+        with write_transaction(engine) as own:
+            _replace_rows(own, document_unique_id, rows)
+    else:
+        _replace_rows(conn, document_unique_id, rows)
     return len(rows)
+
+
+def _replace_rows(conn, document_unique_id: str, rows: list[dict]) -> None:
+    conn.execute(delete(cda_summary_item)
+                 .where(cda_summary_item.c.document_unique_id == document_unique_id))
+    if rows:
+        conn.execute(insert(cda_summary_item), rows)
 
 
 def patient_summary(engine, ins: str) -> dict | None:

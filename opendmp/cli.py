@@ -9,12 +9,12 @@ from .config import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .db import migrate
+    from .db import migrate_in_child
     from .server import Listener, run_gunicorn, start_listeners, stop_listeners
 
     settings = Settings.from_env()
     settings.ensure_home()
-    migrate(settings.database_url)
+    migrate_in_child(settings.database_url)  # Alembic stays out of the workers' memory
     _recover_repository(settings)
     listeners: list[Listener] = []
     from pix.listener import listeners as pix_listeners  # PIX Manager: MLLP + ITI-10
@@ -27,7 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
     procs = start_listeners(listeners)
     try:
         return run_gunicorn(args.host, args.port, workers=args.workers, threads=args.threads,
-                            tls=_http_tls(settings, args))
+                            tls=_http_tls(settings, args),
+                            access_log=settings.env.get("OPENDMP_ACCESS_LOG") or None)
     finally:
         if os.getpid() == parent:
             stop_listeners(procs)

@@ -6,13 +6,15 @@ of failing on lock upgrade); PostgreSQL gets a connection pool and psycopg 3.
 """
 from __future__ import annotations
 
+import multiprocessing
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -56,7 +58,9 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
             yield conn
 
 
-def alembic_config(url: str) -> Config:
+def alembic_config(url: str) -> "Config":
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -65,6 +69,20 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Apply every pending Alembic migration (run at ``opendmp serve`` start)."""
+    from alembic import command   # imported here only: see migrate_in_child
+
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), "head")
+
+
+def migrate_in_child(url: str) -> None:
+    """:func:`migrate` in a short-lived forked process (``opendmp serve``): Alembic, Mako
+    and Pygments (about 11 MiB) then never enter the gunicorn master, whose memory every
+    worker maps (and counts in its RSS) after fork."""
+    proc = multiprocessing.get_context("fork").Process(target=migrate, args=(url,),
+                                                       name="opendmp-migrate")
+    proc.start()
+    proc.join()
+    if proc.exitcode != 0:
+        raise SystemExit(f"opendmp: the database migration failed (exit code {proc.exitcode})")

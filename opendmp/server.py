@@ -69,9 +69,14 @@ def _tls_options(tls) -> dict:
             "do_handshake_on_connect": True}
 
 
-def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=None) -> int:
+def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=None,
+                 access_log: str | None = None) -> int:
     """Start gunicorn (gthread workers) and block until it stops; with ``tls``
-    (an ``atna.pki.TlsFiles``) every connection needs a trusted client certificate."""
+    (an ``atna.pki.TlsFiles``) every connection needs a trusted client certificate.
+
+    ``access_log`` (``OPENDMP_ACCESS_LOG``): ``-`` for standard output, a file path, or
+    None (default): no access log. Every transaction is audited by ATNA already; a
+    line per request written by the worker costs CPU on the request path."""
     options = _tls_options(tls) if tls is not None else {}
     _Gunicorn({
         **options,
@@ -82,7 +87,7 @@ def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=N
         "timeout": 120,
         "graceful_timeout": 10,
         "keepalive": 5,
-        "accesslog": "-",
+        "accesslog": access_log or None,
         "errorlog": "-",
         "loglevel": "info",
         # gunicorn 27's control socket defaults to one path per user: several servers

@@ -20,7 +20,8 @@ class RepositorySettings:
     registry_url: str | None
     #: staged rows/files younger than this survive the recovery sweep (multi-node setups).
     recovery_grace_seconds: float
-    #: documents up to this size are decrypted and hashed in full before ITI-43 answers.
+    #: ITI-43 decrypts and hashes documents in full before answering, and keeps them in
+    #: memory for the answer, while they add up to at most this many bytes per request.
     preverify_bytes: int
 
 
@@ -49,5 +50,5 @@ def repository_settings(env: Mapping[str, str], home: Path) -> RepositorySetting
         unique_id=repository_unique_id(env, home),
         registry_url=(env.get("OPENDMP_REGISTRY_URL") or "").strip() or None,
         recovery_grace_seconds=float(env.get("OPENDMP_RECOVERY_GRACE_SECONDS", "0")),
-        preverify_bytes=int(env.get("OPENDMP_RETRIEVE_PREVERIFY_BYTES", 64 * 1024 * 1024)),
+        preverify_bytes=int(env.get("OPENDMP_RETRIEVE_PREVERIFY_BYTES", 1024 * 1024)),
     )

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import httpx
 from lxml import etree
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from opendmp.db import write_transaction
 from registry import errors as E
@@ -30,6 +30,9 @@ GET_DOCUMENTS = "urn:uuid:5c4f972b-d56b-40ac-a5fc-c8ca9b40b9d4"
 
 
 class RegistryGateway(Protocol):
+    """A registry reached outside the repository's database transaction (remote). The
+    in-process registry has ``register_on(conn, sub)`` instead of :meth:`register`."""
+
     def register(self, sub: Submission, unique_ids: list[str]) -> list[E.XdsError]:
         """Register ``sub`` and mark ``unique_ids`` committed in the index; return warnings,
         raise :class:`~registry.errors.XdsErrors` when the registry refuses."""
@@ -39,20 +42,21 @@ class RegistryGateway(Protocol):
 
 
 class InProcessRegistry:
-    """Our registry, in the same database transaction as the repository's index."""
+    """Our registry, on the repository's own database: ITI-41 registers with
+    :meth:`register_on` inside the transaction that writes the index rows (and the CDA
+    summary), so a document is recorded and registered by one commit."""
 
     def __init__(self, engine: Engine, domain: AffinityDomain) -> None:
         self.engine = engine
         self.domain = domain
 
-    def register(self, sub: Submission, unique_ids: list[str]) -> list[E.XdsError]:
-        with write_transaction(self.engine) as conn:
-            register_submission(conn, sub, self.domain)
-            index.mark_committed(conn, unique_ids)
+    def register_on(self, conn: Connection, sub: Submission) -> list[E.XdsError]:
+        """Register ``sub`` in the caller's write transaction; return warnings."""
+        register_submission(conn, sub, self.domain)
         return []
 
     def is_registered(self, unique_id: str) -> bool:
-        # Registration and the index commit in one transaction: a STAGED row was never
+        # Registration and the index row commit in one transaction: a STAGED row was never
         # registered.
         return False
 

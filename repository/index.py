@@ -1,8 +1,9 @@
 """The repository's index of stored documents (table ``repository_document``).
 
-A row is STAGED while its submission is being registered and COMMITTED in the same
-transaction as the registration (in-process registry) or right after the remote
-registry accepted it; :mod:`repository.recovery` settles STAGED rows left by a crash.
+With the in-process registry a row is written COMMITTED in the registration's own
+transaction. With a remote registry it is STAGED before the registry is called and
+COMMITTED right after the registry accepted the submission; :mod:`repository.recovery`
+settles STAGED rows left by a crash.
 """
 from __future__ import annotations
 
@@ -35,10 +36,11 @@ def _row(r) -> IndexedDocument:
                            r.mime_type, r.state, r.created_at)
 
 
-def stage(conn: Connection, docs: Iterable[IndexedDocument]) -> None:
+def add(conn: Connection, docs: Iterable[IndexedDocument]) -> None:
+    """Insert rows in their ``state`` (the unique index refuses a uniqueId twice)."""
     rows = [dict(unique_id=d.unique_id, repository_unique_id=d.repository_unique_id,
                  storage_key=d.storage_key, size=d.size, sha1=d.sha1, mime_type=d.mime_type,
-                 state=STAGED, created_at=int(time.time())) for d in docs]
+                 state=d.state, created_at=int(time.time())) for d in docs]
     if rows:
         conn.execute(insert(rd), rows)
 
@@ -65,5 +67,6 @@ def staged_before(conn: Connection, cutoff: float) -> list[IndexedDocument]:
     return [_row(r) for r in rows]
 
 
-def all_keys(conn: Connection) -> set[str]:
-    return set(conn.execute(select(rd.c.storage_key)).scalars())
+def states_by_key(conn: Connection) -> dict[str, int]:
+    """Every row's storage key and state (the recovery sweep)."""
+    return {key: state for key, state in conn.execute(select(rd.c.storage_key, rd.c.state))}

@@ -3,10 +3,12 @@
 For each DocumentEntry the repository streams its document (MTOM attachment or inline
 base64) into the encrypted store while computing SHA-1 and size, checks any supplied
 hash, size, repositoryUniqueId and the mimeType against the content, sets them, and
-registers the metadata. Atomicity: the index row is STAGED before the bytes are put in
-place, and COMMITTED together with the registration (in-process) or right after the
-remote registry's Success; on any failure the bytes and the row are removed, and what a
-crash leaves behind is settled by :mod:`repository.recovery`.
+registers the metadata. Atomicity: the bytes are staged (durable) first. With the
+in-process registry, one write transaction then writes the index row (COMMITTED), the
+registration and the CDA summary, and the staged file is renamed into place after the
+commit. With a remote registry, the index row is STAGED and the file renamed before the
+registry is called, and the row COMMITTED after its Success. On any failure the bytes and
+the row are removed; what a crash leaves behind is settled by :mod:`repository.recovery`.
 """
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ from sqlalchemy.exc import IntegrityError
 
 from cda.crosscheck import Intake as CdaIntake
 from opendmp import failpoints
-from opendmp.db import read_transaction, write_transaction
+from opendmp.db import write_transaction
 from registry import errors as E
 from registry import vocabulary as V
 from registry.iti42 import read_submit_objects_request
 from registry.model import DocumentEntry
-from soapstack.mtom import Attachment
+from soapstack.mtom import Attachment, require_complete
 from soapstack.namespaces import LCM, XDSB
 from xua.dsg import Intake as DsgIntake
 
@@ -138,8 +140,9 @@ def provide_and_register(repo: Repository, request: etree._Element,
                          attachments: dict[str, Attachment]) -> bytes:
     """ProvideAndRegisterDocumentSetRequest -> RegistryResponse bytes."""
     staged: dict[str, StagedDocument] = {}   # DocumentEntry uniqueId -> staged bytes
-    indexed: list[str] = []                  # uniqueIds with a STAGED index row
+    indexed: list[str] = []                  # uniqueIds with a STAGED index row (remote)
     cda = CdaIntake.from_env()
+    register_on = getattr(repo.registry, "register_on", None)
     try:
         sor = request.find(f"{{{LCM}}}SubmitObjectsRequest")
         if sor is None:
@@ -160,27 +163,64 @@ def provide_and_register(repo: Repository, request: etree._Element,
         errors = errors or dsg.check()
         if errors:
             raise E.XdsErrors(errors)
-        indexed = _index_documents(repo, sub, staged)
-        failpoints.hit("iti41.after_index")
-        for uid in indexed:
-            repo.store.commit(staged[uid])
-        failpoints.hit("iti41.after_store")
-        warnings = cda.warnings + repo.registry.register(sub, indexed)
+        require_complete(attachments)   # the documents streamed in: is the message whole?
+        if register_on is not None:
+            fresh = _register_in_one_transaction(repo, register_on, sub, staged, cda)
+        else:
+            indexed = _index_documents(repo, sub, staged)
+            failpoints.hit("iti41.after_index")
+            for uid in indexed:
+                repo.store.commit(staged[uid])
+            failpoints.hit("iti41.after_store")
+            warnings = cda.warnings + repo.registry.register(sub, indexed)
     except E.XdsErrors as failure:
         _undo(repo, staged, indexed)
         return E.registry_response(failure.errors)
     except BaseException:
         _undo(repo, staged, indexed)
         raise
-    cda.after_register(repo.engine)
-    return E.registry_response(warnings)
+    if register_on is None:
+        cda.after_register(repo.engine)
+        return E.registry_response(warnings)
+    failpoints.hit("iti41.after_commit")
+    for uid in fresh:   # recorded and registered: a failed rename is finished by recovery
+        try:
+            repo.store.commit(staged[uid])
+        except StoreError as exc:
+            log.error("document %s is registered; it stays in staging until the recovery "
+                      "sweep moves it: %s", uid, exc)
+    return E.registry_response(cda.warnings)
+
+
+def _register_in_one_transaction(repo: Repository, register_on, sub,
+                                 staged: dict[str, StagedDocument], cda: CdaIntake) -> list[str]:
+    """In-process registry: the index rows (COMMITTED), the registration and the CDA
+    summary in one write transaction. A crash before its commit leaves staged files
+    without rows (the recovery sweep discards them); after it, staged files with
+    COMMITTED rows until :meth:`~repository.storage.DocumentStore.commit` renames them
+    (ITI-43 reads them from staging; the recovery sweep renames them)."""
+    with write_transaction(repo.engine) as conn:
+        fresh = _index_rows(conn, repo, sub, staged, index.COMMITTED)
+        failpoints.hit("iti41.after_index")
+        register_on(conn, sub)
+        cda.after_register(repo.engine, conn)
+        failpoints.hit("iti41.before_commit")
+    return fresh
 
 
 def _index_documents(repo: Repository, sub, staged: dict[str, StagedDocument]) -> list[str]:
-    """Stage index rows for new documents. A uniqueId the repository already holds with the
-    same bytes is not stored twice; with other bytes it is XDSNonIdenticalHash."""
-    with read_transaction(repo.engine) as conn:
-        known = index.lookup(conn, list(staged))
+    """Remote registry: STAGED index rows, committed before the registry is called."""
+    with write_transaction(repo.engine) as conn:
+        return _index_rows(conn, repo, sub, staged, index.STAGED)
+
+
+def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
+                state: int) -> list[str]:
+    """Index rows for new documents; returns their uniqueIds. A uniqueId the repository
+    already holds with the same bytes is not stored twice; with other bytes it is
+    XDSNonIdenticalHash; one being stored by another transaction is XDSRepositoryBusy (the
+    unique index refuses the second row)."""
+    known = index.lookup(conn, list(staged))
     errors, fresh = [], []
     for de in sub.documents:
         uid = de.unique_id
@@ -198,14 +238,13 @@ def _index_documents(repo: Repository, sub, staged: dict[str, StagedDocument]) -
             repo.store.discard(staged.pop(uid))
     if errors:
         raise E.XdsErrors(errors)
+    mime = {d.unique_id: d.mime_type for d in sub.documents}
     rows = [index.IndexedDocument(uid, repo.settings.unique_id, staged[uid].key,
-                                  staged[uid].size, staged[uid].sha1_hex,
-                                  next(d.mime_type for d in sub.documents if d.unique_id == uid),
-                                  index.STAGED, 0) for uid in fresh]
+                                  staged[uid].size, staged[uid].sha1_hex, mime[uid], state, 0)
+            for uid in sorted(fresh)]   # one order for every transaction: no lock cycles
     try:
-        with write_transaction(repo.engine) as conn:
-            index.stage(conn, rows)
-    except IntegrityError:
+        index.add(conn, rows)
+    except IntegrityError:   # the caller's transaction is rolled back
         raise E.XdsErrors([_err(REPOSITORY_BUSY,
                                 "a document of this submission is being stored concurrently")]) \
             from None

@@ -1,11 +1,15 @@
 """ITI-43 Retrieve Document Set, repository side (ITI TF-2b §3.43.4.1.3).
 
 Several DocumentRequests per call; the answer is MTOM with one attachment per document,
-streamed from the store with a precomputed Content-Length. Every document is checked
-before a byte is sent: its sealed SHA-1 must equal the one recorded at ITI-41, and
-documents up to ``preverify_bytes`` are decrypted and hashed in full first, so a
-corrupted file is reported (XDSRepositoryError), not served. Larger ones are verified
-chunk by chunk (AES-GCM) and by SHA-1 at the end while streaming.
+streamed from the store with a precomputed Content-Length. Every document is opened once
+and checked before a byte is sent: its sealed SHA-1 must equal the one recorded at
+ITI-41. Then, while the request's documents add up to at most ``preverify_bytes``
+(``OPENDMP_RETRIEVE_PREVERIFY_BYTES``, 1 MiB), each is decrypted in full (every AES-GCM
+chunk authenticated), hashed and kept in memory for the answer: a corrupted file is
+reported (XDSRepositoryError), not served, and its bytes are decrypted once. The others
+are verified while they stream, chunk by chunk (AES-GCM) and by SHA-1 before the last
+chunk: damage found there cuts the answer short, so no wrong byte reaches the consumer
+as a complete document, but it cannot become an error message.
 """
 from __future__ import annotations
 
@@ -53,14 +57,15 @@ def read_request(request: etree._Element) -> list[DocumentRequest]:
     return out
 
 
-def _preverify(repo: Repository, doc: index.IndexedDocument) -> None:
-    """Decrypt and hash the whole document (bounded memory) before answering."""
+def _read_verified(reader, expected_sha1: str) -> list[bytes]:
+    """Decrypt a whole document (each chunk authenticated) and check its SHA-1."""
+    chunks = list(reader)
     h = hashlib.sha1()
-    with repo.store.open(doc.storage_key) as reader:
-        for chunk in reader:
-            h.update(chunk)
-    if h.hexdigest() != doc.sha1:
-        raise StoreCorruption(f"content SHA-1 {h.hexdigest()} is not {doc.sha1}")
+    for chunk in chunks:
+        h.update(chunk)
+    if h.hexdigest() != expected_sha1:
+        raise StoreCorruption(f"content SHA-1 {h.hexdigest()} is not {expected_sha1}")
+    return chunks
 
 
 def retrieve_document_set(repo: Repository, request: etree._Element,
@@ -79,6 +84,7 @@ def retrieve_document_set(repo: Repository, request: etree._Element,
         policy.require_documents(identity, conn, [u for u, d in found.items()
                                                   if d.state == index.COMMITTED])
     responses, attachments = [], []
+    budget = repo.settings.preverify_bytes   # bytes this answer may hold in memory
     for r in wanted:
         doc = found.get(r.document_unique_id)
         if doc is None or doc.state != index.COMMITTED:
@@ -87,12 +93,15 @@ def retrieve_document_set(repo: Repository, request: etree._Element,
                                      f"{repo.settings.unique_id}", r.document_unique_id))
             continue
         try:
-            reader = repo.store.open(doc.storage_key)
+            reader = repo.store.open(doc.storage_key, include_staged=True)
             if reader.sha1_hex != doc.sha1:
                 reader.close()
                 raise StoreCorruption(f"stored SHA-1 {reader.sha1_hex} is not {doc.sha1}")
-            if doc.size <= repo.settings.preverify_bytes:
-                _preverify(repo, doc)
+            if doc.size <= budget:
+                budget -= doc.size
+                body = _read_verified(reader, doc.sha1)
+            else:
+                body = verify_sha1(reader, doc.sha1)
         except StoreError as exc:
             log.error("document %s cannot be served: %s", doc.unique_id, exc)
             errors.append(E.XdsError(REPOSITORY_ERROR,
@@ -100,8 +109,7 @@ def retrieve_document_set(repo: Repository, request: etree._Element,
                                      "is not served", doc.unique_id))
             continue
         cid = new_content_id("doc")
-        attachments.append(OutgoingAttachment(cid, doc.mime_type, doc.size,
-                                              verify_sha1(reader, doc.sha1)))
+        attachments.append(OutgoingAttachment(cid, doc.mime_type, doc.size, body))
         responses.append(_document_response(r, doc, cid))
     if not errors:
         status = E.SUCCESS

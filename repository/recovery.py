@@ -2,10 +2,12 @@
 crash in the middle of ITI-41 left behind (ITI TF-2b §3.41.4.1.3: a document is either
 stored and registered, or neither).
 
-- STAGED index rows: registered (remote registry) -> COMMITTED; otherwise their bytes
+- STAGED index rows (remote registry): registered -> COMMITTED; otherwise their bytes
   are deleted and the row removed.
-- Staged files in the store with no COMMITTED row, committed files with no row at all,
-  and half-written files: deleted.
+- Staged files whose row is COMMITTED (the in-process registry commits the row before
+  the file is renamed into place): renamed into place.
+- Staged files with no row, committed files with no row at all, and half-written files:
+  deleted.
 Rows and files younger than the grace period are left alone (other nodes may be writing).
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ log = logging.getLogger("opendmp.repository")
 @dataclass
 class RecoveryReport:
     committed: int = 0
+    committed_files: int = 0
     removed_rows: int = 0
     removed_staged_files: int = 0
     removed_orphan_files: int = 0
@@ -51,9 +54,12 @@ def recover(repo: Repository) -> RecoveryReport:
             index.forget(conn, [row.unique_id])
         report.removed_rows += 1
     with read_transaction(repo.engine) as conn:
-        known = index.all_keys(conn)
+        known = index.states_by_key(conn)
     for key in list(repo.store.iter_staged()):
-        if key not in known and _older_than(repo, key, cutoff):
+        if known.get(key) == index.COMMITTED:
+            repo.store.commit(key)
+            report.committed_files += 1
+        elif key not in known and _older_than(repo, key, cutoff):
             repo.store.discard(key)
             report.removed_staged_files += 1
     for key in list(repo.store.iter_keys()):

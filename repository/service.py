@@ -31,6 +31,7 @@ def repository_endpoint(repo: Repository, home_community_id: str | None,
         return retrieve_document_set(repo, request.payload, home_community_id, request.identity)
 
     return SoapEndpoint(path, [
-        Operation(ITI41_ACTION, qn(XDSB, "ProvideAndRegisterDocumentSetRequest"), iti41),
+        Operation(ITI41_ACTION, qn(XDSB, "ProvideAndRegisterDocumentSetRequest"), iti41,
+                  streams_attachments=True),
         Operation(ITI43_ACTION, qn(XDSB, "RetrieveDocumentSetRequest"), iti43),
     ], wsdl=WSDL)

@@ -12,8 +12,8 @@ Writing a document (ITI-41)::
         for part in body:                     # encrypted as it arrives, in bounded memory
             w.write(part)
         staged = w.finish()                   # durable; key, size, sha1_hex, key_id
-    ... register the metadata (ITI-42) ...
-    store.commit(staged)                      # atomic rename into place, fsync'd
+    ... record the key and register the metadata (index row + ITI-42, committed) ...
+    store.commit(staged)                      # atomic rename into place (not fsync'd)
     # or, when registration failed: store.discard(staged)
 
 Reading (ITI-43)::
@@ -143,7 +143,7 @@ class DocumentStore(Protocol):
     def begin(self) -> PendingWrite: ...
     def commit(self, staged: StagedDocument | str) -> None: ...
     def discard(self, staged: StagedDocument | str) -> bool: ...
-    def open(self, key: str) -> DocumentReader: ...
+    def open(self, key: str, include_staged: bool = False) -> DocumentReader: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> bool: ...
     def iter_keys(self) -> Iterator[str]: ...
@@ -220,6 +220,37 @@ def _mkdirs(path: Path) -> None:
         _fsync_dir(directory.parent)
 
 
+def _precreate_fanout(objects: Path) -> None:
+    """Create the first level of the ``objects/ab/cd`` fan-out (256 directories, once per
+    store). The 65,536 leaf directories are not made in advance (4 KiB each on ext4: 256 MiB
+    for an empty store); :meth:`FileSystemStore.commit` makes each on first use."""
+    if (objects / "ff").is_dir():
+        return
+    made = False
+    for i in range(256):
+        try:
+            os.mkdir(objects / f"{i:02x}", 0o700)
+            made = True
+        except FileExistsError:
+            pass
+    if made:
+        _fsync_dir(objects)
+
+
+def _make_leaf(directory: Path) -> None:
+    """Create a fan-out directory (and its parent, in a store older than the pre-created
+    first level). Not fsync'd: see :meth:`FileSystemStore.commit`."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory.parent, 0o700)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+
+
 def _key_of(staged: StagedDocument | str) -> str:
     key = staged.key if isinstance(staged, StagedDocument) else staged
     if not isinstance(key, str) or not KEY_RE.match(key):
@@ -257,6 +288,7 @@ class FileSystemStore:
         self._objects = self.root / "objects"
         _mkdirs(self._staging)
         _mkdirs(self._objects)
+        _precreate_fanout(self._objects)
 
     def __repr__(self) -> str:
         return f"FileSystemStore({str(self.root)!r})"
@@ -280,14 +312,23 @@ class FileSystemStore:
         return _FilePendingWrite(self, os.urandom(16).hex())
 
     def commit(self, staged: StagedDocument | str) -> None:
-        """Move a staged document into place (atomic rename, fsync'd). Idempotent."""
+        """Move a staged document into place (atomic rename). Idempotent.
+
+        The rename is not fsync'd: the staged file already is, and the caller has recorded
+        the document (index row) before committing it, so until the rename reaches the disk
+        :meth:`open` finds the document under ``staging/`` and the recovery sweep finishes
+        the move after a crash. The leaf directory of the fan-out is made on first use.
+        """
         key = _key_of(staged)
         source, target = self._staged_path(key), self._object_path(key)
         try:
-            _mkdirs(target.parent)
-            os.rename(source, target)
-            _fsync_dir(target.parent)
-            _fsync_dir(self._staging)
+            try:
+                os.rename(source, target)
+            except FileNotFoundError:
+                if not os.path.exists(source):
+                    raise
+                _make_leaf(target.parent)
+                os.rename(source, target)
         except FileNotFoundError:
             if target.exists():
                 return
@@ -306,10 +347,21 @@ class FileSystemStore:
         return True
 
     # reading
-    def open(self, key: str) -> "_FileReader":
+    def open(self, key: str, include_staged: bool = False) -> "_FileReader":
+        """A committed document. With ``include_staged`` also one still under ``staging/``:
+        for a caller whose index already records it as committed (ITI-43), in the window
+        before :meth:`commit` renames it or before the recovery sweep does after a crash."""
         if not isinstance(key, str) or not KEY_RE.match(key):
             raise DocumentNotFound(f"no document {key!r}")
-        return _FileReader(self, key, self._object_path(key))
+        path = self._object_path(key)
+        if not include_staged:
+            return _FileReader(self, key, path)
+        for candidate in (path, self._staged_path(key), path):  # renamed meanwhile: retry
+            try:
+                return _FileReader(self, key, candidate)
+            except DocumentNotFound:
+                continue
+        raise DocumentNotFound(f"no document {key}")
 
     def exists(self, key: str) -> bool:
         return isinstance(key, str) and bool(KEY_RE.match(key)) and self._object_path(key).is_file()

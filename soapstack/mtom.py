@@ -9,22 +9,28 @@ Design (../shared/research/deps.md §4): python-multipart's streaming
 ``MultipartParser`` finds the delimiters; everything MTOM-specific is here. Bodies are
 read in 64 KiB chunks and never held whole: the root (SOAP) part is kept in memory up
 to ``max_root`` bytes, every other part is spooled to a ``SpooledTemporaryFile``
-(memory up to 1 MiB, then disk) while its SHA-1 and size are computed. Attachment
-bytes never go into an lxml text node: :func:`resolve_xop` maps each ``xop:Include``
-to an :class:`Attachment` (a file), and callers stream from it.
+(memory up to 1 MiB, then disk) while its size is counted; its SHA-1 is computed only
+if asked for. Attachment bytes never go into an lxml text node: :func:`resolve_xop` maps
+each ``xop:Include`` to an :class:`Attachment`, and callers stream from it.
 
 :class:`MtomParser` is I/O-free (bytes in, ``(root, attachments)`` out), so the same
-code serves the server (:func:`read_mtom`, a ``SoapApplication`` reader) and the client
-(:mod:`soapstack.client`), and tests can feed it byte by byte.
+code serves the server and the client (:mod:`soapstack.client`), and tests can feed it
+byte by byte. Two ``SoapApplication`` readers drive it: :func:`read_mtom` reads the whole
+body first; :func:`open_mtom` (the default) returns once the root part is read, and an
+operation that declares ``streams_attachments`` (ITI-41) takes each attachment's bytes
+as they arrive, straight into its own storage, with no temporary copy; it calls
+:func:`require_complete` before making anything permanent, so a truncated or malformed
+message still leaves nothing behind.
 """
 from __future__ import annotations
 
 import binascii
+import collections
 import hashlib
+import io
 import secrets
 import tempfile
-from dataclasses import dataclass, field
-from typing import BinaryIO, Iterable, Iterator, NamedTuple
+from typing import BinaryIO, Callable, Iterable, Iterator, Mapping, NamedTuple
 from urllib.parse import quote, unquote
 
 import python_multipart.multipart as pm
@@ -119,29 +125,76 @@ def normalize_content_id(value: str) -> str:
 
 # ---------------------------------------------------------------- attachments
 
-@dataclass(eq=False)
 class Attachment:
-    """A received MIME part other than the root: spooled bytes plus what XDS checks.
+    """A received MIME part other than the root: its bytes plus what XDS checks.
 
-    ``sha1`` (hex) and ``size`` are those of the *decoded* content, i.e. what
-    ITI-41 compares with the DocumentEntry ``hash`` and ``size`` slots.
+    ``sha1`` (hex) and ``size`` are those of the *decoded* content, i.e. what ITI-41
+    compares with the DocumentEntry ``hash`` and ``size`` slots; ``sha1`` is computed
+    when first asked for (from the spooled bytes), not while the part is received.
+
+    A part received by :func:`open_mtom` may still be arriving: :meth:`chunks` then
+    yields what was spooled so far and the rest straight from the request body as the
+    consumer reads it (no temporary copy); such a part is read once.
     """
 
-    content_id: str
-    content_type: str | None
-    size: int
-    sha1: str
-    file: BinaryIO
-    #: all MIME headers of the part, names in lower case.
-    headers: dict[str, str] = field(default_factory=dict)
+    def __init__(self, content_id: str, content_type: str | None, size: int = 0,
+                 sha1: str | None = None, file: BinaryIO | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.content_id = content_id
+        self.content_type = content_type
+        #: the spooled content (None when nothing was spooled).
+        self.file = file
+        #: all MIME headers of the part, names in lower case.
+        self.headers = headers if headers is not None else {}
+        self._size = size
+        self._sha1 = sha1 or None
+        self._part: _Part | None = None          # set while the parser receives the part
+        self._pump: Callable[[], bool] | None = None
+
+    def __repr__(self) -> str:
+        return f"Attachment({self.content_id!r}, {self.content_type!r}, size={self.size})"
+
+    @property
+    def size(self) -> int:
+        return self._part.size if self._part is not None else self._size
+
+    @property
+    def complete(self) -> bool:
+        """Every byte of the part has been received."""
+        return self._part is None or self._part.complete
+
+    @property
+    def sha1(self) -> str:
+        if self._sha1 is None:
+            h = hashlib.sha1()
+            for block in self.chunks():
+                h.update(block)
+            self._sha1 = h.hexdigest()
+        return self._sha1
+
+    def _check_spooled(self) -> None:
+        part = self._part
+        if part is not None and (part.streamed or not part.complete):
+            raise MtomError(f"{part.where} is being received or was streamed already: "
+                            "it can be read once, as it arrives")
 
     def open(self) -> BinaryIO:
         """The content as a binary file object, rewound to its start."""
+        self._check_spooled()
+        if self.file is None:
+            self.file = io.BytesIO()
         self.file.seek(0)
         return self.file
 
     def chunks(self, size: int = READ_SIZE) -> Iterator[bytes]:
-        """Stream the content from the start, ``size`` bytes at a time."""
+        """Stream the content from the start, ``size`` bytes at a time (spooled bytes),
+        or as it arrives for a part still being received."""
+        part = self._part
+        if part is not None and not (part.complete and not part.streamed):
+            return self._live_chunks(part, size)
+        return self._spooled_chunks(size)
+
+    def _spooled_chunks(self, size: int) -> Iterator[bytes]:
         f = self.open()
         while True:
             block = f.read(size)
@@ -149,12 +202,40 @@ class Attachment:
                 return
             yield block
 
+    def _live_chunks(self, part: "_Part", size: int) -> Iterator[bytes]:
+        if part.streamed:
+            raise MtomError(f"{part.where} was streamed already: it can be read once")
+        part.streamed = True
+        try:
+            if self.file is not None:       # what arrived before the consumer asked
+                f, self.file = self.file, None
+                f.seek(0)
+                try:
+                    while block := f.read(size):
+                        yield block
+                finally:
+                    f.close()
+            part.queue = collections.deque()
+            while True:
+                while part.queue:
+                    yield part.queue.popleft()
+                if part.complete:
+                    return
+                if self._pump is None or not self._pump():
+                    raise MtomError("truncated multipart body: it ends inside "
+                                    f"{part.where}")
+        finally:
+            part.queue = None
+            if not part.complete:
+                part.discard = True         # abandoned: the rest is read and dropped
+
     def read(self) -> bytes:
         """The whole content in memory: only for parts known to be small."""
-        return self.open().read()
+        return b"".join(self.chunks())
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
     def __enter__(self) -> "Attachment":
         return self
@@ -165,6 +246,10 @@ class Attachment:
 
 def close_attachments(attachments: dict | Iterable | None) -> None:
     """Close every :class:`Attachment` of a mapping or iterable (idempotent)."""
+    close = getattr(attachments, "close", None)
+    if close is not None and not isinstance(attachments, Attachment):
+        close()
+        return
     if not attachments:
         return
     values = attachments.values() if isinstance(attachments, dict) else attachments
@@ -255,7 +340,8 @@ def _decoder(cte: str, where: str):
 
 class _Part:
     __slots__ = ("index", "headers", "field", "value", "content_id", "is_root",
-                 "decoder", "buffer", "file", "sha1", "size")
+                 "decoder", "buffer", "attachment", "size", "complete", "streamed", "queue",
+                 "discard")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -266,9 +352,12 @@ class _Part:
         self.is_root = False
         self.decoder = None
         self.buffer: bytearray | None = None
-        self.file = None
-        self.sha1 = None
+        self.attachment: Attachment | None = None
         self.size = 0
+        self.complete = False
+        self.streamed = False                       # a consumer took the bytes as they came
+        self.queue: collections.deque | None = None  # bytes for that consumer
+        self.discard = False                        # consumer gone: drop the rest
 
     @property
     def where(self) -> str:
@@ -323,7 +412,11 @@ class MtomParser:
         self._parts: list[_Part] = []
         self._part: _Part | None = None
         self._root: bytearray | None = None
+        self.root_complete = False
         self.attachments: dict[str, Attachment] = {}
+        #: reads more of the body into this parser (set by :class:`StreamingAttachments`),
+        #: so that a part still arriving can be streamed to its consumer.
+        self.pump: Callable[[], bool] | None = None
         self._parser = pm.MultipartParser(
             self.boundary,
             callbacks={
@@ -382,17 +475,14 @@ class MtomParser:
         except BaseException:
             self.abort()
             raise
-        for att in self.attachments.values():
-            att.file.seek(0)
         return bytes(self._root), self.attachments
 
     def abort(self) -> None:
         """Release every spooled part (after an error, or when the caller gives up)."""
         self._failed = True
         for part in self._parts:
-            if part.file is not None:
-                part.file.close()
-        close_attachments(self.attachments)
+            if part.attachment is not None:
+                part.attachment.close()
 
     # ------------------------------------------------------------ preamble
     def _skip_preamble(self, data: bytes) -> bytes:
@@ -466,8 +556,11 @@ class MtomParser:
             self._check_root_type(part)
             self._root = part.buffer = bytearray()
         else:
-            part.file = tempfile.SpooledTemporaryFile(max_size=self.spool_memory, dir=self.spool_dir)
-            part.sha1 = hashlib.sha1()
+            part.attachment = Attachment(part.content_id, part.headers.get("content-type"),
+                                         headers=dict(part.headers))
+            part.attachment._part = part
+            part.attachment._pump = self.pump
+            self.attachments[part.content_id] = part.attachment
 
     def _check_root_type(self, part: _Part) -> None:
         ctype = part.headers.get("content-type")
@@ -491,9 +584,14 @@ class MtomParser:
             if len(part.buffer) + len(data) > self.max_root:
                 raise MtomError(f"the SOAP part of the MTOM message exceeds {self.max_root} bytes")
             part.buffer += data
-        else:
-            part.file.write(data)
-            part.sha1.update(data)
+        elif part.queue is not None:
+            part.queue.append(data)
+        elif not part.discard:
+            att = part.attachment
+            if att.file is None:
+                att.file = tempfile.SpooledTemporaryFile(max_size=self.spool_memory,
+                                                         dir=self.spool_dir)
+            att.file.write(data)
         part.size += len(data)
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -502,15 +600,9 @@ class MtomParser:
     def _on_part_end(self) -> None:
         part = self._part
         self._write(part.decoder.flush())
-        if not part.is_root:
-            self.attachments[part.content_id] = Attachment(
-                content_id=part.content_id,
-                content_type=part.headers.get("content-type"),
-                size=part.size,
-                sha1=part.sha1.hexdigest(),
-                file=part.file,
-                headers=dict(part.headers),
-            )
+        part.complete = True
+        if part.is_root:
+            self.root_complete = True
         self._part = None
 
     def _on_end(self) -> None:
@@ -518,6 +610,21 @@ class MtomParser:
 
 
 # ---------------------------------------------------------------- WSGI reader
+
+def _content_length(environ: dict, limit: int) -> int | None:
+    length = environ.get("CONTENT_LENGTH")
+    if length in (None, ""):
+        return None
+    try:
+        remaining = int(length)
+    except ValueError:
+        raise SoapFault("invalid Content-Length") from None
+    if remaining < 0:
+        raise SoapFault("invalid Content-Length")
+    if remaining > limit:
+        raise RequestTooLarge(remaining)
+    return remaining
+
 
 def read_mtom(environ: dict, limit: int, *, max_root: int = DEFAULT_MAX_ROOT,
               spool_dir: str | None = None, spool_memory: int = DEFAULT_SPOOL_MEMORY,
@@ -529,17 +636,7 @@ def read_mtom(environ: dict, limit: int, *, max_root: int = DEFAULT_MAX_ROOT,
     ``functools.partial`` to configure a reader. The caller owns the returned
     attachments and must :meth:`Attachment.close` them.
     """
-    length = environ.get("CONTENT_LENGTH")
-    remaining: int | None = None
-    if length not in (None, ""):
-        try:
-            remaining = int(length)
-        except ValueError:
-            raise SoapFault("invalid Content-Length") from None
-        if remaining < 0:
-            raise SoapFault("invalid Content-Length")
-        if remaining > limit:
-            raise RequestTooLarge(remaining)
+    remaining = _content_length(environ, limit)
     parser = MtomParser(environ.get("CONTENT_TYPE", ""), limit=limit, max_root=max_root,
                         spool_dir=spool_dir, spool_memory=spool_memory, max_parts=max_parts)
     stream = environ["wsgi.input"]
@@ -555,6 +652,112 @@ def read_mtom(environ: dict, limit: int, *, max_root: int = DEFAULT_MAX_ROOT,
     except BaseException:
         parser.abort()
         raise
+
+
+class StreamingAttachments(Mapping[str, Attachment]):
+    """The attachments of an MTOM request whose body is still being read (:func:`open_mtom`).
+
+    Looking up a Content-ID reads the body until that part's headers have arrived
+    (spooling the parts it passes, as :func:`read_mtom` does); the part's bytes then flow
+    to whoever iterates :meth:`Attachment.chunks`, as they arrive. :meth:`finish` reads the
+    rest of the body and raises :class:`MtomError` if the message is malformed or
+    truncated: a consumer that acts on the bytes calls it (:func:`require_complete`)
+    before making anything permanent. Iterating the mapping finishes it first.
+    """
+
+    def __init__(self, parser: MtomParser, stream, remaining: int | None) -> None:
+        self._parser = parser
+        self._stream = stream
+        self._remaining = remaining
+        self._finished = False
+        parser.pump = self.pump
+
+    def pump(self) -> bool:
+        """Feed the next block of the body to the parser; False at its end."""
+        if self._remaining is not None and self._remaining <= 0:
+            return False
+        chunk = self._stream.read(READ_SIZE if self._remaining is None
+                                  else min(READ_SIZE, self._remaining))
+        if not chunk:
+            return False
+        if self._remaining is not None:
+            self._remaining -= len(chunk)
+        try:
+            self._parser.feed(chunk)
+        except RequestTooLarge:
+            self._finished = True
+            raise SoapFault(f"request body exceeds the limit of {self._parser.limit} "
+                            "bytes") from None
+        except BaseException:
+            self._finished = True
+            raise
+        return True
+
+    def read_root(self) -> bytes:
+        """Read until the root (SOAP) part is complete; its bytes."""
+        while not self._parser.root_complete:
+            if not self.pump():
+                self.finish()                  # raises the precise MtomError
+                raise MtomError("multipart body without a complete root part")
+        return bytes(self._parser._root)
+
+    def __getitem__(self, content_id: str) -> Attachment:
+        attachments = self._parser.attachments
+        while content_id not in attachments and not self._finished:
+            if self._parser._ended or not self.pump():
+                break
+        return attachments[content_id]
+
+    def __iter__(self) -> Iterator[str]:
+        self.finish()
+        return iter(self._parser.attachments)
+
+    def __len__(self) -> int:
+        self.finish()
+        return len(self._parser.attachments)
+
+    def finish(self) -> None:
+        """Read the rest of the body; raise :class:`MtomError` unless the message is whole."""
+        if self._finished:
+            if self._parser._failed:
+                raise MtomError("the MTOM message was refused")
+            return
+        try:
+            while self.pump():
+                pass
+            self._parser.finish()
+        finally:
+            self._finished = True
+
+    def close(self) -> None:
+        self._finished = True
+        self._parser.abort()
+
+
+def open_mtom(environ: dict, limit: int, *, max_root: int = DEFAULT_MAX_ROOT,
+              spool_dir: str | None = None, spool_memory: int = DEFAULT_SPOOL_MEMORY,
+              max_parts: int = DEFAULT_MAX_PARTS) -> tuple[bytes, StreamingAttachments]:
+    """``SoapApplication`` reader for ``multipart/related`` that returns as soon as the
+    root part is read: ``(envelope, attachments)`` where the attachments are a
+    :class:`StreamingAttachments` reading the rest of ``wsgi.input`` on demand. The caller
+    must :meth:`~StreamingAttachments.finish` (or close) them."""
+    remaining = _content_length(environ, limit)
+    parser = MtomParser(environ.get("CONTENT_TYPE", ""), limit=limit, max_root=max_root,
+                        spool_dir=spool_dir, spool_memory=spool_memory, max_parts=max_parts)
+    attachments = StreamingAttachments(parser, environ["wsgi.input"], remaining)
+    try:
+        return attachments.read_root(), attachments
+    except BaseException:
+        attachments.close()
+        raise
+
+
+def require_complete(attachments: Mapping[str, Attachment] | None) -> None:
+    """Make sure the whole MTOM message was received and is well formed (a no-op for
+    attachments read in full already); raises :class:`MtomError` otherwise."""
+    finish = getattr(attachments, "finish", None)
+    if finish is not None:
+        finish()
 
 
 # ---------------------------------------------------------------- XOP resolution

@@ -25,7 +25,7 @@ from .envelope import (
     fault_envelope,
     parse_envelope,
 )
-from .mtom import close_attachments, mtom_message, read_mtom
+from .mtom import close_attachments, mtom_message, open_mtom, require_complete
 from .namespaces import WSA, qn
 from .wssecurity import SecurityFault
 
@@ -43,6 +43,10 @@ class Operation:
     action: str
     body_tag: str
     handler: Handler
+    #: the handler reads MTOM attachments as they arrive (``soapstack.mtom.open_mtom``)
+    #: and calls ``require_complete`` itself before acting; otherwise the whole message
+    #: is read and checked before the handler runs.
+    streams_attachments: bool = False
 
 
 @dataclass
@@ -98,7 +102,7 @@ class SoapApplication:
         self.max_mtom_body = max_mtom_body or max_body
         self.health = health
         #: body readers by media type (``multipart/related`` is MTOM/XOP).
-        self.readers = {"multipart/related": read_mtom, **(readers or {})}
+        self.readers = {"multipart/related": open_mtom, **(readers or {})}
         self.extra_routes = extra_routes or {}
         #: WS-Security/XUA step (xua.config.XuaStep): verifies the header and sets
         #: request.identity before any actor sees the request, or raises a SoapFault.
@@ -159,6 +163,8 @@ class SoapApplication:
                     f"action {op.action} expects a {etree.QName(op.body_tag).localname} "
                     f"body, got {{{etree.QName(payload).namespace}}}{etree.QName(payload).localname}"
                 )
+            if not op.streams_attachments:
+                require_complete(attachments)
             try:
                 response = op.handler(request)
             except SecurityFault as fault:  # an access-policy refusal (opendmp.policy)
@@ -166,6 +172,7 @@ class SoapApplication:
                 if refused is not None:
                     refused(request, fault)
                 raise
+            require_complete(attachments)
         except SoapFault as fault:
             close_attachments(attachments)
             return _fault(start_response, fault, relates_to)

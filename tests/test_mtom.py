@@ -35,10 +35,13 @@ from soapstack.mtom import (
     MtomParser,
     OutgoingAttachment,
     cid_href,
+    close_attachments,
     file_chunks,
     mtom_message,
     parse_content_type,
+    open_mtom,
     read_mtom,
+    require_complete,
     resolve_xop,
     xop_attachment,
     xop_include,
@@ -551,6 +554,67 @@ def test_reading_a_50_mb_body_keeps_memory_flat():
     with atts["big@t"] as att:
         assert att.size == total and att.sha1 == want.hexdigest()
     assert peak < 6 * MiB, f"peak {peak / MiB:.1f} MiB"
+
+
+# --------------------------------------------------------------------------- open_mtom
+
+def test_open_mtom_streams_a_part_as_it_arrives_without_spooling(monkeypatch):
+    made = []
+    real = mtom.tempfile.SpooledTemporaryFile
+    monkeypatch.setattr(mtom.tempfile, "SpooledTemporaryFile",
+                        lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    payload = random.Random(7).randbytes(5 * MiB)
+    ctype, data = build({"doc@t": payload})
+    env = environ(ctype, data)
+    root, atts = open_mtom(env, 1 << 40)
+    assert b"ProvideAndRegisterDocumentSetRequest" in root
+    assert env["wsgi.input"].pos < len(data) // 4      # the body is read on demand
+    att = atts["doc@t"]
+    got, reads = hashlib.sha1(), []
+    for chunk in att.chunks():
+        reads.append(env["wsgi.input"].pos)
+        got.update(chunk)
+    assert got.hexdigest() == hashlib.sha1(payload).hexdigest() and att.size == len(payload)
+    # only what came with the root part's last block was held (in memory), no file
+    assert len(made) <= 1 and not any(f._rolled for f in made)
+    assert len(set(reads)) > 50                        # the body is read as consumed
+    require_complete(atts)
+    with pytest.raises(MtomError, match="read once"):  # its bytes were not kept
+        att.read()
+    close_attachments(atts)
+
+
+def test_open_mtom_spools_parts_passed_on_the_way_to_another():
+    ctype, data = build({"a@t": b"A" * 100_000, "b@t": b"B" * 10})
+    _, atts = open_mtom(environ(ctype, data), 1 << 40)
+    assert atts["b@t"].read() == b"B" * 10          # "a" was spooled while reading ahead
+    assert atts["a@t"].read() == b"A" * 100_000
+    assert atts["a@t"].sha1 == hashlib.sha1(b"A" * 100_000).hexdigest()
+    require_complete(atts)
+    assert sorted(atts) == ["a@t", "b@t"]
+
+
+@pytest.mark.parametrize("cut", ["inside the part", "after the part"])
+def test_open_mtom_truncated_body_is_a_fault_while_streaming_or_at_require_complete(cut):
+    ctype, data = build({"a@t": b"A" * 300_000, "b@t": b"B" * 300_000})
+    data = data[:len(data) // 3] if cut == "inside the part" else data[:-150_000]
+    _, atts = open_mtom(environ(ctype, data), 1 << 40)
+    if cut == "inside the part":
+        with pytest.raises(MtomError, match="truncated"):
+            b"".join(atts["a@t"].chunks())
+    else:
+        assert b"".join(atts["a@t"].chunks()) == b"A" * 300_000
+        with pytest.raises(MtomError, match="truncated"):
+            require_complete(atts)
+    close_attachments(atts)
+
+
+def test_open_mtom_body_over_the_limit_while_streaming_is_a_fault():
+    ctype, data = build({"a@t": b"A" * 300_000})
+    _, atts = open_mtom({"CONTENT_TYPE": ctype, "wsgi.input": Trickle(data)}, 100_000)
+    with pytest.raises(SoapFault, match="exceeds the limit of 100000 bytes"):
+        b"".join(atts["a@t"].chunks())
+    close_attachments(atts)
 
 
 # --------------------------------------------------------------------------- XOP

@@ -228,13 +228,19 @@ def _mtom_bytes(server, patient):
     return ctype, b"".join(body)
 
 
-@pytest.mark.parametrize("damage", ["truncated", "no-root", "wrong-start"])
+@pytest.mark.parametrize("damage", ["truncated", "truncated-after-the-document", "no-root",
+                                    "wrong-start"])
 def test_broken_multipart_is_a_fault_and_nothing_stored(server_factory, damage):
     srv = server_factory()
     patient = _patient(srv)
     ctype, body = _mtom_bytes(srv, patient)
     if damage == "truncated":
         body = body[: len(body) // 2]
+    elif damage == "truncated-after-the-document":
+        # the document streams into the store whole; the message ends inside a later part
+        boundary = ctype.split('boundary="')[1].split('"')[0].encode()
+        body = (body[:body.rindex(b"\r\n--" + boundary + b"--")] + b"\r\n--" + boundary
+                + b"\r\nContent-ID: <extra@x>\r\n\r\nhalf of a part")
     elif damage == "no-root":
         start = ctype.split('start="<')[1].split(">")[0]
         body = body.replace(f"Content-ID: <{start}>".encode(), b"Content-ID: <other@x>")

@@ -2,8 +2,12 @@
 and, after the next start (recovery sweep), no orphan bytes (ITI TF-2b §3.41.4.1.3).
 
 The server process group is killed with SIGKILL: first the worker, at failpoints armed
-with ``OPENDMP_FAILPOINTS`` (after the index rows are staged; after the bytes are in
-place, before registration), or in the middle of a slow upload; then the whole server.
+with ``OPENDMP_FAILPOINTS``, or in the middle of a slow upload; then the whole server.
+With the in-process registry, one write transaction records the index row and the
+registration; the failpoints are inside it (after the index row; after the registration,
+before the commit: nothing may remain) and after its commit, before the staged file is
+renamed into place (the document is registered: it must stay retrievable, and the
+recovery sweep moves the file).
 """
 from __future__ import annotations
 
@@ -39,7 +43,7 @@ def _assert_nothing_left(srv, patient, unique_id):
     assert docs == [] and error_codes(response) == ["XDSDocumentUniqueIdError"]
 
 
-@pytest.mark.parametrize("point", ["iti41.after_index", "iti41.after_store"])
+@pytest.mark.parametrize("point", ["iti41.after_index", "iti41.before_commit"])
 def test_kill9_between_storing_and_registering(server_factory, point):
     srv = server_factory(env={"OPENDMP_FAILPOINTS": f"{point}:kill"})
     patient = F.new_ins()
@@ -57,6 +61,34 @@ def test_kill9_between_storing_and_registering(server_factory, point):
     answer = provide_and_register(repository(srv), again, {again.documents[0].id:
                                                            DocumentContent.of(b"<doc/>")})
     assert status(answer.payload) == "Success"
+
+
+def test_kill9_after_the_commit_before_the_rename_keeps_the_document(server_factory):
+    srv = server_factory(env={"OPENDMP_FAILPOINTS": "iti41.after_commit:kill"})
+    patient = F.new_ins()
+    assert srv.run_cli(["patient", "add", patient]).returncode == 0
+    sub = _submission(patient)
+    content = b"<doc>registered, then the worker died</doc>"
+    with pytest.raises((httpx.HTTPError, OSError)):
+        provide_and_register(repository(srv), sub,
+                             {sub.documents[0].id: DocumentContent.of(content)})
+    staging = Path(srv.home) / "documents" / "staging"
+    assert [p.suffix for p in _files(srv)] == [".staged"]
+    uid = sub.documents[0].unique_id
+
+    def assert_served():
+        assert find_documents(srv, parse_cx(patient).canonical).xpath(
+            "//rim:ExtrinsicObject", namespaces=NS)
+        response, docs = retrieve(repository(srv), repository_unique_id(srv), [uid])
+        assert status(response) == "Success" and [d.content for d in docs] == [content]
+
+    assert_served()                      # a new worker reads it from staging/
+    srv.kill9()
+    srv.restart(env={"OPENDMP_FAILPOINTS": ""})
+    assert "repository recovery" in srv.log_text(since_start=True)
+    assert list(staging.iterdir()) == []
+    assert [p.parent.parent.parent.name for p in _files(srv)] == ["objects"]
+    assert_served()
 
 
 def test_kill9_during_a_slow_upload_leaves_no_partial_bytes(server_factory):
