@@ -118,10 +118,36 @@ def _reference_range(obs) -> str | None:
 
 def extract(header: CdaHeader) -> list[Fact]:
     """The facts of one structured CDA body (nothing for nonXMLBody documents)."""
-    root = header.root
-    body = _one(root, "v3:component/v3:structuredBody")
+    body = _one(header.root, "v3:component/v3:structuredBody")
     if body is None:
         return []
+    facts = BodyFacts()
+    facts.add(body)
+    return facts.facts()
+
+
+class BodyFacts:
+    """Facts collected from a structured body piece by piece (an ``entry`` at a time when
+    the body is streamed, :mod:`cda.stream`), in the order :func:`extract` gives them:
+    the substance administrations, then the observations, each in document order."""
+
+    __slots__ = ("administrations", "observations")
+
+    def __init__(self) -> None:
+        self.administrations: list[Fact] = []
+        self.observations: list[Fact] = []
+
+    def add(self, el: etree._Element) -> None:
+        """Collect the facts of every clinical statement in ``el`` (itself included)."""
+        sa_facts, obs_facts = _statements(el)
+        self.administrations += sa_facts
+        self.observations += obs_facts
+
+    def facts(self) -> list[Fact]:
+        return [f for f in self.administrations + self.observations if f.label or f.value]
+
+
+def _statements(body: etree._Element) -> tuple[list[Fact], list[Fact]]:
     facts: list[Fact] = []
     for sa in body.iter(f"{{{V3}}}substanceAdministration"):
         tids = _templates(sa)
@@ -151,6 +177,7 @@ def extract(header: CdaHeader) -> list[Fact]:
                               value=dose.get("value") if dose is not None else None,
                               unit=dose.get("unit") if dose is not None else None,
                               effective_time=_time(sa)))
+    administrations, facts = facts, []
     for obs in body.iter(f"{{{V3}}}observation"):
         tids = _templates(obs)
         code = _one(obs, "v3:code")
@@ -176,19 +203,21 @@ def extract(header: CdaHeader) -> list[Fact]:
                               value=value, unit=unit, reference_range=_reference_range(obs),
                               interpretation=interp.get("code") if interp is not None else None,
                               effective_time=_time(obs)))
-    return [f for f in facts if f.label or f.value]
+    return administrations, facts
 
 
 def _cut(value: str | None, n: int) -> str | None:
     return value[:n] if value else value
 
 
-def store_summary(engine, header: CdaHeader, document_unique_id: str) -> int:
-    """Replace the facts of one document; returns how many were filed."""
+def store_summary(engine, header: CdaHeader, document_unique_id: str,
+                  facts: list[Fact] | None = None) -> int:
+    """Replace the facts of one document (``facts`` when they were collected while the
+    document streamed in, else read from ``header.root``); returns how many were filed."""
     ins = header.patient.ins
     if ins is None or not ins.extension:
         return 0
-    facts = extract(header)
+    facts = extract(header) if facts is None else facts
     rows = [{"ins": ins.extension, "ins_root": ins.root,
              "document_unique_id": document_unique_id, "kind": f.kind,
              "label": _cut(f.label, 512), "code": _cut(f.code, 128),
@@ -229,4 +258,4 @@ def patient_summary(engine, ins: str) -> dict | None:
     return out
 
 
-__all__ = ["Fact", "extract", "patient_summary", "store_summary"]
+__all__ = ["BodyFacts", "Fact", "extract", "patient_summary", "store_summary"]
