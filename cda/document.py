@@ -239,8 +239,7 @@ class CdaHeader:
 
 
 def _first(el: etree._Element, path: str) -> etree._Element | None:
-    found = el.xpath(path, namespaces=NS)
-    return found[0] if found else None
+    return el.find(path, NS)      # ElementPath: compiled once per path, then cached
 
 
 def _text(el: etree._Element | None) -> str | None:
@@ -282,13 +281,13 @@ def _person(el: etree._Element | None, entity: str = "v3:assignedAuthor") -> Per
     ent = _first(el, entity)
     if ent is None:
         return None
-    p = Person(ids=[i for i in map(_ii, ent.xpath("v3:id", namespaces=NS)) if i])
+    p = Person(ids=[i for i in map(_ii, ent.findall("v3:id", NS)) if i])
     p.family, p.given, p.prefix = _name(_first(ent, "v3:assignedPerson/v3:name"))
     p.code = _cd(_first(ent, "v3:code"))
     p.function = _cd(_first(el, "v3:functionCode"))
     org = _first(ent, "v3:representedOrganization")
     if org is not None:
-        p.organization_ids = [i for i in map(_ii, org.xpath("v3:id", namespaces=NS)) if i]
+        p.organization_ids = [i for i in map(_ii, org.findall("v3:id", NS)) if i]
         p.organization_name = _text(_first(org, "v3:name"))
         p.practice_setting = _cd(_first(org, "v3:standardIndustryClassCode"))
     time = _first(el, "v3:time")
@@ -326,7 +325,7 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
     role = _first(root, "v3:recordTarget/v3:patientRole")
     patient = Patient()
     if role is not None:
-        patient.ids = [i for i in map(_ii, role.xpath("v3:id", namespaces=NS)) if i]
+        patient.ids = [i for i in map(_ii, role.findall("v3:id", NS)) if i]
         pat = _first(role, "v3:patient")
         if pat is not None:
             patient.family, patient.given, _ = _name(_first(pat, "v3:name"))
@@ -334,14 +333,14 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
             patient.gender = g.get("code") if g is not None else None
             b = _first(pat, "v3:birthTime")
             patient.birth_time = b.get("value") if b is not None else None
-    authors = [p for p in (_person(a) for a in root.xpath("v3:author", namespaces=NS)) if p]
+    authors = [p for p in (_person(a) for a in root.findall("v3:author", NS)) if p]
     cust = _first(root, "v3:custodian/v3:assignedCustodian/v3:representedCustodianOrganization")
     events = []
-    for se in root.xpath("v3:documentationOf/v3:serviceEvent", namespaces=NS):
+    for se in root.findall("v3:documentationOf/v3:serviceEvent", NS):
         low = _first(se, "v3:effectiveTime/v3:low")
         high = _first(se, "v3:effectiveTime/v3:high")
         performers = [p for p in (_person(pf, "v3:assignedEntity")
-                                  for pf in se.xpath("v3:performer", namespaces=NS)) if p]
+                                  for pf in se.findall("v3:performer", NS)) if p]
         events.append((_cd(_first(se, "v3:code")), low.get("value") if low is not None else None,
                        high.get("value") if high is not None else None, performers))
     loc = _first(root, "v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility")
@@ -364,12 +363,12 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
         language=lang.get("code") if lang is not None else None,
         set_id=_ii(_first(root, "v3:setId")),
         version=version.get("value") if version is not None else None,
-        template_ids=[t.get("root") for t in root.xpath("v3:templateId", namespaces=NS)
+        template_ids=[t.get("root") for t in root.findall("v3:templateId", NS)
                       if t.get("root")],
         realm=realm.get("code") if realm is not None else None,
         patient=patient,
         authors=authors,
-        custodian_ids=[i for i in map(_ii, cust.xpath("v3:id", namespaces=NS)) if i]
+        custodian_ids=[i for i in map(_ii, cust.findall("v3:id", NS)) if i]
         if cust is not None else [],
         custodian_name=_text(_first(cust, "v3:name")) if cust is not None else None,
         legal_authenticator=_person(_first(root, "v3:legalAuthenticator"), "v3:assignedEntity"),

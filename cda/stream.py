@@ -40,7 +40,7 @@ TEXT, ENTRY, SECTION = f"{{{V3}}}text", f"{{{V3}}}entry", f"{{{V3}}}section"
 #: at most this many bytes go to the root-finding parser at a time.
 SLICE = 4096
 #: at most this many bytes go to the main parser at a time.
-PARSE_SLICE = 64 * 1024
+PARSE_SLICE = 16 * 1024
 HEADER_LIMIT = 1024 * 1024
 SUMMARY_LIMIT = 16 * 1024 * 1024
 _TAGS = (CLINICAL_DOCUMENT, COMPONENT, STRUCTURED_BODY, NON_XML_BODY, TEXT, ENTRY)

@@ -54,8 +54,7 @@ def _templates(el: etree._Element) -> set[str]:
 
 
 def _one(el, path):
-    found = el.xpath(path, namespaces=NS)
-    return found[0] if found else None
+    return el.find(path, NS)      # ElementPath: compiled once per path, then cached
 
 
 def _txt(el) -> str | None:
