@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from lxml import etree
 
-from soapstack.xml import XmlRejected, parse_xml
+from soapstack.xml import SAFE_OPTIONS, XmlRejected, has_doctype, parse_xml
 
 V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -307,10 +307,40 @@ def parse_cda(data: bytes) -> etree._Element:
     try:
         root = parse_xml(data)
     except XmlRejected as exc:
-        raise CdaError(str(exc).replace("in SOAP messages", "in CDA documents")) from None
+        if not _over_size_limits(exc):
+            raise CdaError(str(exc).replace("in SOAP messages", "in CDA documents")) from None
+        root = _parse_large_text(data)
     if root.tag != CLINICAL_DOCUMENT:
         raise CdaError(f"root element is {root.tag}, not ClinicalDocument (urn:hl7-org:v3)")
     return root
+
+
+def _over_size_limits(exc: XmlRejected) -> bool:
+    """Whether the safe parser gave up on one of libxml2's size limits (a text node over
+    10,000,000 characters: the base64 of a PDF over ~7.5 MB) rather than on bad XML."""
+    cause = exc.__context__
+    return isinstance(cause, etree.XMLSyntaxError) and \
+        cause.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT
+
+
+def _parse_large_text(data: bytes) -> etree._Element:
+    """A CDA whose body holds a text node over libxml2's default limit (a large PDF in
+    a nonXMLBody). The header is read first by :func:`cda.stream.read_header_only`,
+    which refuses a DOCTYPE anywhere before the root (so no entity can be declared) and
+    a header over 1 MiB; then the document, at most :data:`MAX_CDA_BYTES`, is parsed
+    with ``huge_tree`` (no per-node size limit) and otherwise the safe settings."""
+    from .stream import read_header_only
+    read_header_only(data)
+    try:
+        root = etree.fromstring(data, _LARGE_TEXT_PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise CdaError(f"malformed XML: {exc}") from None
+    if has_doctype(root):
+        raise CdaError("DTDs and entity declarations are not allowed in CDA documents")
+    return root
+
+
+_LARGE_TEXT_PARSER = etree.XMLParser(**{**SAFE_OPTIONS, "huge_tree": True})
 
 
 def looks_like_cda(head: bytes) -> bool:

@@ -179,6 +179,23 @@ def test_skeleton_parameters_change_speed_not_results(sch):
     assert failed >= 5     # 7 (LDL-SES) to over a hundred
 
 
+def test_a_cda_with_a_pdf_over_libxml2s_text_limit_is_validated_and_rendered():
+    """The base64 of a 12 MB PDF is one text node over libxml2's 10,000,000-character
+    limit: read with huge_tree after the header check, not refused as unreadable."""
+    from cda.render import render
+    data = generator.unstructured_report(seed=1, pdf_bytes=12 * 10**6)
+    report = validate(data)
+    assert report.valid and report.schema == "CDA_extended.xsd", report.findings
+    assert "Télécharger le PDF" in render(data)
+    # hostile XML stays refused on that path: a DOCTYPE past the first 4 KiB, a bad end
+    root = data.index(b"<ClinicalDocument")
+    evil = data[:root] + b"<!--" + b"x" * 5000 + b'--><!DOCTYPE ClinicalDocument [' \
+        b'<!ENTITY e SYSTEM "file:///etc/passwd">]>' + data[root:]
+    assert [str(f) for f in validate(evil).findings] == \
+        ["error parse: DTDs and entity declarations are not allowed in CDA documents"]
+    assert "malformed XML" in validate(data[:-30]).findings[0].message
+
+
 def test_not_a_cda():
     report = validate(b"<doc/>")
     assert not report.valid and "not ClinicalDocument" in report.findings[0].message
