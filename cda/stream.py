@@ -17,9 +17,13 @@ to cross-check a document against its metadata, so :class:`CdaStream`:
   (:class:`cda.summary.BodyFacts`) and clearing each entry and narrative block once
   read, so memory stays bounded by the largest entry.
 
-Hostile input: a DOCTYPE (hence any entity declaration) is refused, a header larger
-than ``header_limit`` is refused, malformed XML in the header is refused; trouble in a
-structured body only costs the summary (the document is still cross-checked).
+Hostile input: a DOCTYPE (hence any entity declaration) is refused before libxml2 sees
+it (a document with a DOCTYPE is taken for a CDA when its first ``header_limit`` bytes
+name ``ClinicalDocument``; other XML with a DOCTYPE is let through unparsed), a header
+(prolog included) larger than ``header_limit`` is refused, malformed XML in the header
+is refused; trouble in a structured body only costs the summary (the document is still
+cross-checked). The body is not checked for well-formedness: the repository stores
+documents, :mod:`cda.validation` validates them.
 """
 from __future__ import annotations
 
@@ -82,7 +86,7 @@ class CdaStream:
         if self._state == _ROOT:
             self._find_root(chunk)
         elif self._state == _DTD:
-            self._keep_head(chunk)
+            self._keep_head(chunk, self.header_limit)
         else:
             self._parse(chunk)
 
@@ -90,9 +94,10 @@ class CdaStream:
         for start in range(0, len(chunk), SLICE):
             piece = chunk[start:start + SLICE]
             if b"<!DOCTYPE" in (self._seen[-1][-8:] if self._seen else b"") + piece:
-                # libxml2 never sees the DTD; a CDA or not is told from the first bytes
+                # libxml2 never sees the DTD; a CDA or not is told from the bytes: the
+                # root element's name within the header limit
                 self._finder, self._seen, self._state = None, [], _DTD
-                self._keep_head(chunk[start:])
+                self._keep_head(chunk[start:], self.header_limit)
                 return
             self._seen.append(piece)
             self._parsed += len(piece)
@@ -129,9 +134,9 @@ class CdaStream:
                 self._parse(rest)
             return
 
-    def _keep_head(self, data: bytes) -> None:
-        if len(self._head) < HEAD:
-            self._head += data[:HEAD - len(self._head)]
+    def _keep_head(self, data: bytes, limit: int = HEAD) -> None:
+        if len(self._head) < limit:
+            self._head += data[:limit - len(self._head)]
 
     def _parse(self, data: bytes) -> None:
         """Feed the main parser ``PARSE_SLICE`` bytes at a time, so that it never runs far
@@ -231,7 +236,7 @@ class CdaStream:
         the body was not read to its end (nonXMLBody, not asked, too large, unreadable).
         Raises :class:`CdaError` when the header cannot be read safely."""
         if self._state == _DTD:
-            if not looks_like_cda(self._head):
+            if b"ClinicalDocument" not in self._head:
                 return None, None
             self._fail(_NO_DTD)
         if self._state == _ROOT:           # the whole document was fed: no element at all

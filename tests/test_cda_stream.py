@@ -78,6 +78,14 @@ def test_doctype_and_entities_are_refused(prolog):
                     chunk)
 
 
+def test_a_doctype_cannot_hide_a_cda_behind_a_long_prolog():
+    data = _tsh()
+    root = data.index(b"<ClinicalDocument")
+    hidden = b"<!DOCTYPE x>" + data[:root] + b"<!--" + b"x" * 500_000 + b"-->" + data[root:]
+    with pytest.raises(CdaError, match="DTDs and entity declarations are not allowed"):
+        _stream(hidden)
+
+
 def test_hostile_sizes_and_malformed_headers_are_refused():
     data = _tsh()
     body, root = data.index(b"<component>"), data.index(b"<ClinicalDocument")
