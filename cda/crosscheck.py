@@ -2,15 +2,18 @@
 
 The repository (``repository/iti41.py``) gives every document to :class:`Intake` while
 it streams it into the store. Documents whose mimeType is not XML are not looked at
-(one string comparison); XML documents are kept in memory only while their first bytes
-look like a ClinicalDocument and up to ``OPENDMP_CDA_CHECK_MAX_BYTES`` (16 MiB); then
-the header is parsed (safe parser) and compared with the metadata: patient, uniqueId,
-typeCode, creationTime, confidentiality, author. A disagreement is
+(one string comparison); XML documents are read as they arrive by
+:class:`cda.stream.CdaStream`: if the root is ``ClinicalDocument``, only its header is
+parsed (safe settings; a header over ``OPENDMP_CDA_HEADER_MAX_BYTES``, 1 MiB, is
+refused), whatever the document's size, and compared with the metadata: patient,
+uniqueId, typeCode, creationTime, confidentiality, author. A disagreement is
 ``XDSRepositoryMetadataError`` naming it (``OPENDMP_CDA_CHECK=strict``, the default), a
 warning in the RegistryResponse (``warn``), or nothing (``off``).
 
 After a successful registration the intake also files the document's structured facts
-in the patient summary (:mod:`cda.summary`).
+in the patient summary (:mod:`cda.summary`): they are collected while a structured body
+streams in, entry by entry, up to ``OPENDMP_CDA_SUMMARY_MAX_BYTES`` (16 MiB); a
+nonXMLBody is never parsed.
 """
 from __future__ import annotations
 
@@ -19,20 +22,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from lxml import etree
 
 from registry import errors as E
 from registry.hl7types import HL7TypeError, parse_cx
 from registry.model import DocumentEntry
 
-from .document import (
-    CLINICAL_DOCUMENT,
-    CdaError,
-    CdaHeader,
-    looks_like_cda,
-    read_header,
-    ts_to_dtm,
-)
+from .document import CdaError, CdaHeader, ts_to_dtm
+from .stream import HEADER_LIMIT, SUMMARY_LIMIT, CdaStream
 
 log = logging.getLogger("opendmp.cda")
 
@@ -96,46 +92,22 @@ def disagreements(header: CdaHeader, de: DocumentEntry) -> list[str]:
 # ---------------------------------------------------------------------------- the ITI-41 hook
 
 class Sniffer:
-    """Collects one XML document's bytes while it is stored, if its root element is
-    ``ClinicalDocument``: a pull parser reads only up to the first start tag (so a long
-    prolog of comments cannot hide a CDA), then bytes are only appended."""
+    """One XML document's bytes, read as they are stored (:class:`cda.stream.CdaStream`):
+    the header of a ``ClinicalDocument`` only, plus the summary facts of a structured
+    body; anything else is let through after its prolog."""
 
-    __slots__ = ("entry", "chunks", "size", "limit", "alive", "root", "_pull")
+    __slots__ = ("entry", "stream")
 
-    def __init__(self, entry: DocumentEntry, limit: int) -> None:
-        self.entry, self.chunks, self.size, self.limit = entry, [], 0, limit
-        self.alive, self.root = True, None
-        self._pull = etree.XMLPullParser(events=("start",), resolve_entities=False,
-                                         no_network=True, load_dtd=False, huge_tree=False)
+    def __init__(self, entry: DocumentEntry, stream: CdaStream) -> None:
+        self.entry, self.stream = entry, stream
 
     def feed(self, chunk: bytes) -> None:
-        if not self.alive:
-            return
-        self.size += len(chunk)
-        if self.size > self.limit:
-            log.info("DocumentEntry %s: XML larger than %d bytes, not cross-checked",
-                     self.entry.id, self.limit)
-            self.alive, self.chunks = False, []
-            return
-        self.chunks.append(chunk)
-        if self.root is None:
-            try:
-                self._pull.feed(chunk)
-                for _, el in self._pull.read_events():
-                    self.root = el.tag
-                    break
-            except etree.XMLSyntaxError:
-                self.root = "?"  # unreadable: decided by the full parse in content()
-            if self.root is not None:
-                self._pull = None
-                if self.root not in (CLINICAL_DOCUMENT, "?"):
-                    self.alive, self.chunks = False, []
+        self.stream.feed(chunk)
 
-    def content(self) -> bytes | None:
-        if not self.alive or self.root not in (CLINICAL_DOCUMENT, "?"):
-            return None
-        data = b"".join(self.chunks)
-        return data if self.root == CLINICAL_DOCUMENT or looks_like_cda(data[:65536]) else None
+    def result(self) -> tuple[CdaHeader | None, list | None]:
+        """(header, summary facts); header None when the document is not a CDA. Raises
+        :class:`CdaError` when the CDA's header cannot be read safely."""
+        return self.stream.result()
 
 
 @dataclass
@@ -144,9 +116,10 @@ class Intake:
     summaries after registration."""
 
     mode: str = STRICT
-    limit: int = 16 * 1024 * 1024
+    header_limit: int = HEADER_LIMIT
+    summary_limit: int = SUMMARY_LIMIT
     warnings: list = field(default_factory=list)
-    documents: list = field(default_factory=list)  # (DocumentEntry, CdaHeader)
+    documents: list = field(default_factory=list)  # (DocumentEntry, CdaHeader, facts | None)
     summaries: bool = True
 
     @classmethod
@@ -158,7 +131,8 @@ class Intake:
             log.error("%s; checking strictly", exc)
             mode = STRICT
         return cls(mode=mode,
-                   limit=int(env.get("OPENDMP_CDA_CHECK_MAX_BYTES", 16 * 1024 * 1024)),
+                   header_limit=int(env.get("OPENDMP_CDA_HEADER_MAX_BYTES", HEADER_LIMIT)),
+                   summary_limit=int(env.get("OPENDMP_CDA_SUMMARY_MAX_BYTES", SUMMARY_LIMIT)),
                    summaries=(env.get("OPENDMP_CDA_SUMMARY", "on").lower() != "off"))
 
     def sniffer(self, de: DocumentEntry) -> Sniffer | None:
@@ -168,18 +142,15 @@ class Intake:
         mime = (de.mime_type or "").split(";")[0].strip().lower()
         if mime not in _XML_TYPES:
             return None
-        return Sniffer(de, self.limit)
+        return Sniffer(de, CdaStream(self.header_limit, self.summary_limit, self.summaries))
 
     def check(self, sniffer: Sniffer | None) -> list[E.XdsError]:
         """Errors (strict) for one stored document; warnings are kept for the response."""
         if sniffer is None:
             return []
-        data = sniffer.content()
-        if data is None:
-            return []
         de = sniffer.entry
         try:
-            header = read_header(data)
+            header, facts = sniffer.result()
         except CdaError as exc:
             if self.mode == OFF:
                 return []
@@ -189,7 +160,9 @@ class Intake:
                                                 de.unique_id, E.SEVERITY_WARNING))
                 return []
             return [E.XdsError(REPOSITORY_METADATA_ERROR, message, de.unique_id)]
-        self.documents.append((de, header))
+        if header is None:
+            return []       # not a CDA: nothing to compare
+        self.documents.append((de, header, facts))
         if self.mode == OFF:
             return []
         problems = disagreements(header, de)
@@ -212,12 +185,19 @@ class Intake:
         if not self.summaries or not self.documents:
             return
         from .summary import store_summary
-        for de, header in self.documents:
+        for de, header, facts in self.documents:
+            if not header.structured:
+                continue
+            if facts is None:
+                log.info("document %s: structured body not summarised (too large or "
+                         "unreadable)", de.unique_id)
+                continue
             try:
+                uid = de.unique_id or header.unique_id
                 if conn is None:
-                    store_summary(engine, header, de.unique_id or header.unique_id)
+                    store_summary(engine, header, uid, facts)
                 else:
                     with conn.begin_nested():
-                        store_summary(engine, header, de.unique_id or header.unique_id, conn)
+                        store_summary(engine, header, uid, facts, conn)
             except Exception:  # noqa: BLE001 - the registration stands; log and go on
                 log.exception("cannot file the summary of document %s", de.unique_id)

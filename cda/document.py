@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from lxml import etree
 
-from soapstack.xml import XmlRejected, parse_xml
+from soapstack.xml import SAFE_OPTIONS, XmlRejected, has_doctype, parse_xml
 
 V3 = "urn:hl7-org:v3"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -239,8 +239,7 @@ class CdaHeader:
 
 
 def _first(el: etree._Element, path: str) -> etree._Element | None:
-    found = el.xpath(path, namespaces=NS)
-    return found[0] if found else None
+    return el.find(path, NS)      # ElementPath: compiled once per path, then cached
 
 
 def _text(el: etree._Element | None) -> str | None:
@@ -282,13 +281,13 @@ def _person(el: etree._Element | None, entity: str = "v3:assignedAuthor") -> Per
     ent = _first(el, entity)
     if ent is None:
         return None
-    p = Person(ids=[i for i in map(_ii, ent.xpath("v3:id", namespaces=NS)) if i])
+    p = Person(ids=[i for i in map(_ii, ent.findall("v3:id", NS)) if i])
     p.family, p.given, p.prefix = _name(_first(ent, "v3:assignedPerson/v3:name"))
     p.code = _cd(_first(ent, "v3:code"))
     p.function = _cd(_first(el, "v3:functionCode"))
     org = _first(ent, "v3:representedOrganization")
     if org is not None:
-        p.organization_ids = [i for i in map(_ii, org.xpath("v3:id", namespaces=NS)) if i]
+        p.organization_ids = [i for i in map(_ii, org.findall("v3:id", NS)) if i]
         p.organization_name = _text(_first(org, "v3:name"))
         p.practice_setting = _cd(_first(org, "v3:standardIndustryClassCode"))
     time = _first(el, "v3:time")
@@ -308,10 +307,40 @@ def parse_cda(data: bytes) -> etree._Element:
     try:
         root = parse_xml(data)
     except XmlRejected as exc:
-        raise CdaError(str(exc).replace("in SOAP messages", "in CDA documents")) from None
+        if not _over_size_limits(exc):
+            raise CdaError(str(exc).replace("in SOAP messages", "in CDA documents")) from None
+        root = _parse_large_text(data)
     if root.tag != CLINICAL_DOCUMENT:
         raise CdaError(f"root element is {root.tag}, not ClinicalDocument (urn:hl7-org:v3)")
     return root
+
+
+def _over_size_limits(exc: XmlRejected) -> bool:
+    """Whether the safe parser gave up on one of libxml2's size limits (a text node over
+    10,000,000 characters: the base64 of a PDF over ~7.5 MB) rather than on bad XML."""
+    cause = exc.__context__
+    return isinstance(cause, etree.XMLSyntaxError) and \
+        cause.code == etree.ErrorTypes.ERR_RESOURCE_LIMIT
+
+
+def _parse_large_text(data: bytes) -> etree._Element:
+    """A CDA whose body holds a text node over libxml2's default limit (a large PDF in
+    a nonXMLBody). The header is read first by :func:`cda.stream.read_header_only`,
+    which refuses a DOCTYPE anywhere before the root (so no entity can be declared) and
+    a header over 1 MiB; then the document, at most :data:`MAX_CDA_BYTES`, is parsed
+    with ``huge_tree`` (no per-node size limit) and otherwise the safe settings."""
+    from .stream import read_header_only
+    read_header_only(data)
+    try:
+        root = etree.fromstring(data, _LARGE_TEXT_PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise CdaError(f"malformed XML: {exc}") from None
+    if has_doctype(root):
+        raise CdaError("DTDs and entity declarations are not allowed in CDA documents")
+    return root
+
+
+_LARGE_TEXT_PARSER = etree.XMLParser(**{**SAFE_OPTIONS, "huge_tree": True})
 
 
 def looks_like_cda(head: bytes) -> bool:
@@ -326,7 +355,7 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
     role = _first(root, "v3:recordTarget/v3:patientRole")
     patient = Patient()
     if role is not None:
-        patient.ids = [i for i in map(_ii, role.xpath("v3:id", namespaces=NS)) if i]
+        patient.ids = [i for i in map(_ii, role.findall("v3:id", NS)) if i]
         pat = _first(role, "v3:patient")
         if pat is not None:
             patient.family, patient.given, _ = _name(_first(pat, "v3:name"))
@@ -334,14 +363,14 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
             patient.gender = g.get("code") if g is not None else None
             b = _first(pat, "v3:birthTime")
             patient.birth_time = b.get("value") if b is not None else None
-    authors = [p for p in (_person(a) for a in root.xpath("v3:author", namespaces=NS)) if p]
+    authors = [p for p in (_person(a) for a in root.findall("v3:author", NS)) if p]
     cust = _first(root, "v3:custodian/v3:assignedCustodian/v3:representedCustodianOrganization")
     events = []
-    for se in root.xpath("v3:documentationOf/v3:serviceEvent", namespaces=NS):
+    for se in root.findall("v3:documentationOf/v3:serviceEvent", NS):
         low = _first(se, "v3:effectiveTime/v3:low")
         high = _first(se, "v3:effectiveTime/v3:high")
         performers = [p for p in (_person(pf, "v3:assignedEntity")
-                                  for pf in se.xpath("v3:performer", namespaces=NS)) if p]
+                                  for pf in se.findall("v3:performer", NS)) if p]
         events.append((_cd(_first(se, "v3:code")), low.get("value") if low is not None else None,
                        high.get("value") if high is not None else None, performers))
     loc = _first(root, "v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility")
@@ -364,12 +393,12 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
         language=lang.get("code") if lang is not None else None,
         set_id=_ii(_first(root, "v3:setId")),
         version=version.get("value") if version is not None else None,
-        template_ids=[t.get("root") for t in root.xpath("v3:templateId", namespaces=NS)
+        template_ids=[t.get("root") for t in root.findall("v3:templateId", NS)
                       if t.get("root")],
         realm=realm.get("code") if realm is not None else None,
         patient=patient,
         authors=authors,
-        custodian_ids=[i for i in map(_ii, cust.xpath("v3:id", namespaces=NS)) if i]
+        custodian_ids=[i for i in map(_ii, cust.findall("v3:id", NS)) if i]
         if cust is not None else [],
         custodian_name=_text(_first(cust, "v3:name")) if cust is not None else None,
         legal_authenticator=_person(_first(root, "v3:legalAuthenticator"), "v3:assignedEntity"),

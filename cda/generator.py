@@ -181,8 +181,9 @@ def _lab_observation(ctx: _Ctx, n: int, test) -> tuple[str, str]:
     return row, obs
 
 
-def _pdf(lines: list[str]) -> bytes:
-    """A small, valid one-page PDF listing ``lines`` (the report's human-readable copy)."""
+def _pdf(lines: list[str], padding: bytes = b"") -> bytes:
+    """A valid one-page PDF listing ``lines`` (the report's human-readable copy); a
+    ``padding`` stream object (unreferenced) makes it as large as wanted."""
     text = "BT /F1 10 Tf 50 800 Td 12 TL " + " ".join(
         "(" + ln.replace("\\", "").replace("(", "").replace(")", "")
         .encode("latin-1", "replace").decode("latin-1") + ") '" for ln in lines[:60]) + " ET"
@@ -193,6 +194,8 @@ def _pdf(lines: list[str]) -> bytes:
                b"<< /Length %d >>\nstream\n" % len(text.encode("latin-1")) + text.encode("latin-1")
                + b"\nendstream",
                b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    if padding:
+        objects.append(b"<< /Length %d >>\nstream\n" % len(padding) + padding + b"\nendstream")
     out, offsets = b"%PDF-1.4\n", []
     for n, obj in enumerate(objects, 1):
         offsets.append(len(out))
@@ -280,6 +283,27 @@ def lab_report(seed: int | None = None, results: int = 12, ins: str | None = Non
         f'</section></component>{blood}{_pdf_copy(ctx, rows)}'
         '</structuredBody></component></ClinicalDocument>')
     return (head + body).encode("utf-8")
+
+
+def unstructured_report(seed: int | None = None, pdf_bytes: int = 0, ins: str | None = None,
+                        when: datetime | None = None) -> bytes:
+    """A CDA level 1 (CI-SIS "document non structuré", IHE XDS-SD template
+    1.3.6.1.4.1.19376.1.2.20): a lab report whose body is a base64 PDF
+    (``nonXMLBody``) of at least ``pdf_bytes`` bytes (random filler in an unreferenced
+    stream object), for the repository's large-document paths."""
+    import base64
+    ctx = _Ctx(seed, ins, when)
+    head = _header(ctx, ["1.3.6.1.4.1.19376.1.2.20"],
+                   ("11502-2", "CR d'examens biologiques", LOINC),
+                   "Compte rendu d'examens biologiques", "Laboratoire de biologie médicale du Parc",
+                   ("G15_10/SM03", "Médecin - Biologie médicale (SM)"),
+                   ("AMBULATOIRE", "Ambulatoire"),
+                   ("SA25", "Laboratoire de biologie médicale"), ("18719-5", "Biochimie"))
+    lines = ["Compte rendu d'examens biologiques", f"Patient : {ctx.given} {ctx.family}"]
+    pdf = _pdf(lines, ctx.rng.randbytes(pdf_bytes) if pdf_bytes > 0 else b"")
+    return (head + '<component><nonXMLBody><text mediaType="application/pdf" '
+            'representation="B64">').encode("utf-8") + base64.encodebytes(pdf) + \
+        b"</text></nonXMLBody></component></ClinicalDocument>"
 
 
 def vaccination_note(seed: int | None = None, ins: str | None = None,

@@ -29,9 +29,9 @@ from .document import (
     CdaError,
     CdaHeader,
     Person,
-    read_header,
     ts_to_dtm,
 )
+from .stream import read_header_only
 
 _DMP = VALUESETS_DIR / "dmp"
 CLASS_SCHEME = "1.2.250.1.213.1.1.4.1"        # TRE_A03 ClasseDocument
@@ -231,7 +231,7 @@ def document_entry(cda: bytes | CdaHeader, facility: Facility | None = None,
                    entry_id: str | None = None) -> DocumentEntry:
     """The DocumentEntry a CDA document's header describes (hash and size are left to
     the repository, which computes them from the bytes)."""
-    header = cda if isinstance(cda, CdaHeader) else read_header(cda)
+    header = cda if isinstance(cda, CdaHeader) else read_header_only(cda)
     facility = facility or Facility()
     missing = []
     if header.id is None:
@@ -312,8 +312,8 @@ def document_entry(cda: bytes | CdaHeader, facility: Facility | None = None,
 
 
 def derive(data: bytes, facility: Facility | None = None) -> tuple[CdaHeader, DocumentEntry]:
-    """Parse once, derive once: (header, DocumentEntry)."""
-    header = read_header(data)
+    """Parse the header once (not the body), derive once: (header, DocumentEntry)."""
+    header = read_header_only(data)
     return header, document_entry(header, facility)
 
 

@@ -54,8 +54,7 @@ def _templates(el: etree._Element) -> set[str]:
 
 
 def _one(el, path):
-    found = el.xpath(path, namespaces=NS)
-    return found[0] if found else None
+    return el.find(path, NS)      # ElementPath: compiled once per path, then cached
 
 
 def _txt(el) -> str | None:
@@ -118,10 +117,36 @@ def _reference_range(obs) -> str | None:
 
 def extract(header: CdaHeader) -> list[Fact]:
     """The facts of one structured CDA body (nothing for nonXMLBody documents)."""
-    root = header.root
-    body = _one(root, "v3:component/v3:structuredBody")
+    body = _one(header.root, "v3:component/v3:structuredBody")
     if body is None:
         return []
+    facts = BodyFacts()
+    facts.add(body)
+    return facts.facts()
+
+
+class BodyFacts:
+    """Facts collected from a structured body piece by piece (an ``entry`` at a time when
+    the body is streamed, :mod:`cda.stream`), in the order :func:`extract` gives them:
+    the substance administrations, then the observations, each in document order."""
+
+    __slots__ = ("administrations", "observations")
+
+    def __init__(self) -> None:
+        self.administrations: list[Fact] = []
+        self.observations: list[Fact] = []
+
+    def add(self, el: etree._Element) -> None:
+        """Collect the facts of every clinical statement in ``el`` (itself included)."""
+        sa_facts, obs_facts = _statements(el)
+        self.administrations += sa_facts
+        self.observations += obs_facts
+
+    def facts(self) -> list[Fact]:
+        return [f for f in self.administrations + self.observations if f.label or f.value]
+
+
+def _statements(body: etree._Element) -> tuple[list[Fact], list[Fact]]:
     facts: list[Fact] = []
     for sa in body.iter(f"{{{V3}}}substanceAdministration"):
         tids = _templates(sa)
@@ -151,6 +176,7 @@ def extract(header: CdaHeader) -> list[Fact]:
                               value=dose.get("value") if dose is not None else None,
                               unit=dose.get("unit") if dose is not None else None,
                               effective_time=_time(sa)))
+    administrations, facts = facts, []
     for obs in body.iter(f"{{{V3}}}observation"):
         tids = _templates(obs)
         code = _one(obs, "v3:code")
@@ -176,20 +202,23 @@ def extract(header: CdaHeader) -> list[Fact]:
                               value=value, unit=unit, reference_range=_reference_range(obs),
                               interpretation=interp.get("code") if interp is not None else None,
                               effective_time=_time(obs)))
-    return [f for f in facts if f.label or f.value]
+    return administrations, facts
 
 
 def _cut(value: str | None, n: int) -> str | None:
     return value[:n] if value else value
 
 
-def store_summary(engine, header: CdaHeader, document_unique_id: str, conn=None) -> int:
-    """Replace the facts of one document; returns how many were filed. With ``conn``, in
-    the caller's transaction (ITI-41 registration), else in a transaction of its own."""
+def store_summary(engine, header: CdaHeader, document_unique_id: str,
+                  facts: list[Fact] | None = None, conn=None) -> int:
+    """Replace the facts of one document (``facts`` when they were collected while the
+    document streamed in, else read from ``header.root``); returns how many were filed.
+    With ``conn``, in the caller's transaction (ITI-41 registration), else in a
+    transaction of its own."""
     ins = header.patient.ins
     if ins is None or not ins.extension:
         return 0
-    facts = extract(header)
+    facts = extract(header) if facts is None else facts
     rows = [{"ins": ins.extension, "ins_root": ins.root,
              "document_unique_id": document_unique_id, "kind": f.kind,
              "label": _cut(f.label, 512), "code": _cut(f.code, 128),
@@ -237,4 +266,4 @@ def patient_summary(engine, ins: str) -> dict | None:
     return out
 
 
-__all__ = ["Fact", "extract", "patient_summary", "store_summary"]
+__all__ = ["BodyFacts", "Fact", "extract", "patient_summary", "store_summary"]

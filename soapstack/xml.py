@@ -14,16 +14,33 @@ class XmlRejected(ValueError):
     """The bytes are not acceptable XML; the message says why, for a SOAP fault."""
 
 
+#: the hostile-input settings of every parser OpenDMP builds for network bytes.
+SAFE_OPTIONS = dict(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_blank_text=False,
+    collect_ids=False,
+)
+
+
 def _new_parser() -> etree.XMLParser:
-    return etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_blank_text=False,
-        collect_ids=False,
-    )
+    return etree.XMLParser(**SAFE_OPTIONS)
+
+
+def safe_pull_parser(events: tuple[str, ...] = ("start",), tag=None) -> etree.XMLPullParser:
+    """An incremental parser with the same settings as :func:`parse_xml`; the caller must
+    still refuse a DOCTYPE (:func:`has_doctype` once the root element has started)."""
+    return etree.XMLPullParser(events=events, tag=tag, **SAFE_OPTIONS)
+
+
+def has_doctype(element: etree._Element) -> bool:
+    """Whether the document ``element`` belongs to declared a DOCTYPE (internal subset or
+    external identifier); valid as soon as the root's start tag has been parsed."""
+    info = element.getroottree().docinfo
+    return bool(info.doctype) or info.internalDTD is not None or info.externalDTD is not None
 
 
 _PARSER = _new_parser()

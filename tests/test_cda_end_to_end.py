@@ -208,7 +208,73 @@ def test_iti41_non_cda_xml_and_doctype_cda(cda_server):
     answer = provide_and_register(_repo(cda_server), sub,
                                   {sub.documents[0].id: DocumentContent.of(evil)}).payload
     assert status(answer) == "Failure"
-    assert "cannot be read safely" in answer.find(f".//{{{RS}}}RegistryError").get("codeContext")
+    assert "cannot be read safely: DTDs and entity declarations are not allowed in CDA " \
+        "documents" in answer.find(f".//{{{RS}}}RegistryError").get("codeContext")
+
+
+def _refusal(server, sub, data) -> str:
+    answer = provide_and_register(_repo(server), sub,
+                                  {sub.documents[0].id: DocumentContent.of(data)}).payload
+    assert status(answer) == "Failure" and error_codes(answer) == ["XDSRepositoryMetadataError"]
+    return answer.find(f".//{{{RS}}}RegistryError").get("codeContext")
+
+
+def test_iti41_refuses_hostile_cda_headers(cda_server):
+    """Entity bomb, external entity, a header over 1 MiB, a CDA hidden behind 1 MiB of
+    prolog, a malformed header: refused with what is wrong; nothing is registered."""
+    ins, patient = _new_patient(cda_server)
+    data = generator.lab_report(ins=ins, results=1)
+    body = data.index(b"<component><structuredBody>")
+    root = data.index(b"<ClinicalDocument")
+    laughs = b'<!ENTITY l0 "lol">' + b"".join(
+        b'<!ENTITY l%d "%s">' % (n, b"&l%d;" % (n - 1) * 10) for n in range(1, 10))
+    bomb = b"<!DOCTYPE ClinicalDocument [" + laughs + b"]>" + \
+        data[root:].replace(b"<title>", b"<title>&l9;", 1)
+    xxe = b'<!DOCTYPE ClinicalDocument [<!ENTITY e SYSTEM "file:///etc/passwd">]>' + \
+        data[root:].replace(b"<title>", b"<title>&e;", 1)
+    cases = {
+        "DTDs and entity declarations are not allowed in CDA documents": [bomb, xxe],
+        "the header is larger than 1048576 bytes":
+            [data[:body] + b"<!--" + b"x" * (2 << 20) + b"-->" + data[body:]],
+        "no root element in the first 1048576 bytes":
+            [data[:root] + b"<!--" + b"x" * (2 << 20) + b"-->" + data[root:]],
+        "malformed XML": [data.replace(b"</title>", b"</titel>", 1)],
+    }
+    for message, documents in cases.items():
+        for evil in documents:
+            context = _refusal(cda_server, submission_for(data, FACILITY), evil)
+            assert "the CDA document cannot be read safely: " + message in context, context
+    found = find_documents(cda_server, patient).find(f"{{{RIM}}}RegistryObjectList")
+    assert found is None or not len(found)
+
+
+@pytest.mark.parametrize("megabytes", [12, 40])
+def test_iti41_cda_with_a_large_pdf_body_is_checked_stored_and_returned(cda_server, megabytes):
+    """CDA level 1 whose base64 PDF is one text node over libxml2's 10,000,000-character
+    limit: only the header is parsed, so the document is accepted (the 12 MB one was
+    refused before) and ITI-43 returns the same bytes; the header is still compared."""
+    ins, patient = _new_patient(cda_server)
+    data = generator.unstructured_report(pdf_bytes=megabytes * 10**6 * 3 // 4, ins=ins)
+    text = data[data.index(b'representation="B64">'):data.index(b"</text>")]
+    assert len(text) > 10_000_000 and (megabytes > 16 or len(data) < 16 * 1024 * 1024)
+    sub = submission_for(data, FACILITY)
+    de = sub.documents[0]
+    assert de.format_code.code == "urn:ihe:iti:xds-sd:pdf:2008"
+    answer = provide_and_register(_repo(cda_server), sub, {de.id: DocumentContent.of(data)}).payload
+    assert status(answer) == "Success", etree.tostring(answer)
+    response, [doc] = retrieve(_repo(cda_server), de.repository_unique_id or
+                               _repository_id(cda_server, patient), [de.unique_id])
+    assert status(response) == "Success" and doc.content == data
+    if megabytes == 12:     # the header of a large document still has to agree
+        sub = submission_for(data, FACILITY)
+        sub.documents[0].creation_time = "20200101000000"
+        assert "creationTime: metadata 20200101000000" in _refusal(cda_server, sub, data)
+
+
+def _repository_id(server, patient) -> str:
+    answer = find_documents(server, patient)
+    docs = parse_registry_object_list(answer.find(f"{{{RIM}}}RegistryObjectList")).documents
+    return docs[0].repository_unique_id
 
 
 def test_iti41_warn_mode_accepts_with_a_warning(server_factory):

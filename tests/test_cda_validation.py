@@ -9,7 +9,7 @@ import pytest
 
 from cda import generator
 from cda.document import ins_key_ok
-from cda.validation import validate
+from cda.validation import VOLETS, Schematron, schematron, validate
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "messages" / "cda"
 ANS = CORPUS / "ans-ci-sis"
@@ -132,12 +132,68 @@ def test_doctype_and_external_entities_are_refused_before_any_validator():
     assert "DTD" in report.findings[0].message
 
 
-def test_saxon_itself_refuses_doctype():
+@pytest.mark.parametrize("as_bytes", [False, True])   # bytes go to Saxon through a memfd
+def test_saxon_itself_refuses_doctype(as_bytes):
     from cda.validation import schematron
     exe = schematron("CI-SIS_VAC-NOTE_2023.01.sch")
+    evil = ('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+            '<ClinicalDocument xmlns="urn:hl7-org:v3">&e;</ClinicalDocument>')
     with pytest.raises(Exception, match="(?i)doctype"):
-        exe.validate('<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
-                     '<ClinicalDocument xmlns="urn:hl7-org:v3">&e;</ClinicalDocument>')
+        exe.validate(evil.encode() if as_bytes else evil)
+
+
+def test_a_latin_1_document_is_read_by_its_declared_encoding():
+    data = (ANS / "BIO-CR-BIO_2024.01_TSH_1.xml").read_text(encoding="utf-8")
+    latin1 = data.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"', 1).encode(
+        "iso-8859-1", "xmlcharrefreplace")     # characters beyond Latin-1 as &#...;
+    assert b'encoding="ISO-8859-1"' in latin1[:100]
+    report = validate(latin1)
+    assert report.volet == "CR-BIO" and report.valid, report.findings
+    broken = latin1.replace(b'code="11502-2"', b'code="11488-4"', 1)
+    assert [f.message for f in validate(broken).errors("schematron")] == \
+        [f.message for f in validate(broken.decode("iso-8859-1").replace(
+            'encoding="ISO-8859-1"', 'encoding="UTF-8"', 1).encode()).errors("schematron")]
+
+
+#: documents each volet schematron is run on below: other volets' documents fail many of
+#: its asserts, which is the point.
+CROSS = ["BIO-CR-BIO_2024.01_TSH_1.xml", "BIO-CR-BIO_2024.01_Microbiologie_V1.xml",
+         "VAC-NOTE_2023.01.xml", "LDL-SES_2022.01.xml", "VSM_1.4_2022.01.xml",
+         "IPS-FR_2024.01.xml"]
+
+
+@pytest.mark.parametrize("sch", sorted({v[1] for v in VOLETS.values()}))
+def test_skeleton_parameters_change_speed_not_results(sch):
+    """The schematrons compiled with SKELETON_PARAMETERS (xsl:key contexts, no fired-rule)
+    fail exactly the asserts, at the same locations and in the same order, as compiled
+    with the skeleton's defaults, on documents that fail many of them."""
+    plain, fast = Schematron(sch, parameters={}), schematron(sch)
+    docs = [(ANS / n).read_bytes() for n in CROSS] + [
+        generator.lab_report(seed=5, results=6), generator.vaccination_note(seed=5),
+        generator.discharge_letter(seed=5)]
+    failed = 0
+    for data in docs:
+        want = plain.validate(data)
+        assert fast.validate(data) == want
+        failed += len(want)
+    assert failed >= 5     # 7 (LDL-SES) to over a hundred
+
+
+def test_a_cda_with_a_pdf_over_libxml2s_text_limit_is_validated_and_rendered():
+    """The base64 of a 12 MB PDF is one text node over libxml2's 10,000,000-character
+    limit: read with huge_tree after the header check, not refused as unreadable."""
+    from cda.render import render
+    data = generator.unstructured_report(seed=1, pdf_bytes=12 * 10**6)
+    report = validate(data)
+    assert report.valid and report.schema == "CDA_extended.xsd", report.findings
+    assert "Télécharger le PDF" in render(data)
+    # hostile XML stays refused on that path: a DOCTYPE past the first 4 KiB, a bad end
+    root = data.index(b"<ClinicalDocument")
+    evil = data[:root] + b"<!--" + b"x" * 5000 + b'--><!DOCTYPE ClinicalDocument [' \
+        b'<!ENTITY e SYSTEM "file:///etc/passwd">]>' + data[root:]
+    assert [str(f) for f in validate(evil).findings] == \
+        ["error parse: DTDs and entity declarations are not allowed in CDA documents"]
+    assert "malformed XML" in validate(data[:-30]).findings[0].message
 
 
 def test_not_a_cda():
