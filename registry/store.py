@@ -10,7 +10,9 @@ from enum import IntEnum
 from typing import Iterable
 
 from lxml import etree
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, String, any_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from opendmp.schema import object_key, patient, registry_object
 
@@ -137,21 +139,19 @@ def object_row(obj: RegistryObject, patient_pk: int | None) -> tuple[dict, list[
 
 # ----------------------------------------------------------------- patients
 
-def patient_pk(conn: Connection, cx: str, *, lock: bool = False) -> int | None:
-    """The key of an active patient identifier; None when unknown or merged into another
-    (after ITI-8 A40 / ITI-44 merge, documents live under the surviving identifier and the
-    subsumed one no longer registers nor finds anything). ``lock`` serializes writers per
-    patient."""
-    row = patient_row(conn, cx, lock=lock)
-    return None if row is None or row.merged_into is not None else row.pk
-
-
 def patient_row(conn: Connection, cx: str, *, lock: bool = False):
-    """(pk, merged_into) of a patient identifier, or None."""
-    stmt = select(patient.c.pk, patient.c.merged_into).where(patient.c.cx == cx)
-    if lock and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return conn.execute(stmt).first()
+    """(pk, merged_into) of a patient identifier, or None. After ITI-8 A40 / ITI-44 merge,
+    documents live under the surviving identifier and the subsumed one no longer
+    registers nor finds anything. ``lock`` (PostgreSQL: FOR UPDATE) serializes writers
+    per patient; SQLite serializes every writer with BEGIN IMMEDIATE."""
+    stmt = _PATIENT_FOR_UPDATE if lock and conn.dialect.name == "postgresql" else _PATIENT
+    return conn.execute(stmt, {"cx": cx}).first()
+
+
+#: built once: a statement built per call costs more CPU than running it (SQLAlchemy
+#: computes its cache key on every build).
+_PATIENT = select(patient.c.pk, patient.c.merged_into).where(patient.c.cx == bindparam("cx"))
+_PATIENT_FOR_UPDATE = _PATIENT.with_for_update()
 
 
 def add_patient(conn: Connection, cx: str) -> int:
@@ -217,21 +217,25 @@ def _stored(row) -> StoredObject:
                         row.size, row.assoc_type, row.source_uuid, row.target_uuid)
 
 
-def objects_by_uuid(conn: Connection, uuids: Iterable[str]) -> dict[str, StoredObject]:
-    uuids = list(set(uuids))
-    if not uuids:
-        return {}
-    rows = conn.execute(select(*_STORED_COLUMNS).where(registry_object.c.uuid.in_(uuids)))
-    return {r.uuid: _stored(r) for r in rows}
-
-
-def objects_by_unique_id(conn: Connection, unique_ids: Iterable[str]) -> list[StoredObject]:
-    unique_ids = list(set(unique_ids))
-    if not unique_ids:
+def stored_objects(conn: Connection, uuids: Iterable[str],
+                   unique_ids: Iterable[str]) -> list[StoredObject]:
+    """The registry's objects having one of ``uuids`` as entryUUID or one of ``unique_ids``
+    as uniqueId, in one statement (each object once)."""
+    params = {"uuids": sorted(set(uuids)), "unique_ids": sorted(set(unique_ids))}
+    if not params["uuids"] and not params["unique_ids"]:
         return []
-    rows = conn.execute(
-        select(*_STORED_COLUMNS).where(registry_object.c.unique_id.in_(unique_ids)))
-    return [_stored(r) for r in rows]
+    stmt = _STORED_BY_ANY if conn.dialect.name == "postgresql" else _STORED_BY_IN
+    return [_stored(r) for r in conn.execute(stmt, params)]
+
+
+#: PostgreSQL: ``= ANY(array)``, one statement text whatever the number of ids (psycopg
+#: prepares it server-side after a few executions); SQLite: expanding ``IN``.
+_STORED_BY_ANY = select(*_STORED_COLUMNS).where(or_(
+    registry_object.c.uuid == any_(bindparam("uuids", type_=ARRAY(String))),
+    registry_object.c.unique_id == any_(bindparam("unique_ids", type_=ARRAY(String)))))
+_STORED_BY_IN = select(*_STORED_COLUMNS).where(or_(
+    registry_object.c.uuid.in_(bindparam("uuids", expanding=True)),
+    registry_object.c.unique_id.in_(bindparam("unique_ids", expanding=True))))
 
 
 def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | None]]) -> None:
@@ -239,16 +243,46 @@ def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | N
     if not objects:
         return
     rows, keysets = zip(*(object_row(obj, pk) for obj, pk in objects))
-    pks = conn.execute(
-        insert(registry_object).returning(registry_object.c.pk, sort_by_parameter_order=True),
-        list(rows),
-    ).scalars().all()
+    if conn.dialect.name == "postgresql":
+        params = {c: [r[c] for r in rows] for c in _INSERT_COLUMNS}
+        params["key_uuid"] = [r["uuid"] for r, keys in zip(rows, keysets) for _ in keys]
+        params["key_key"] = [int(k) for keys in keysets for k, _ in keys]
+        params["key_value"] = [v for keys in keysets for _, v in keys]
+        conn.exec_driver_sql(_PG_INSERT, params)
+        return
+    pks = conn.execute(_INSERT_RETURNING_PK, list(rows)).scalars().all()
     key_rows = [
         {"object_pk": pk, "key": int(k), "value": v}
         for pk, keys in zip(pks, keysets) for k, v in keys
     ]
     if key_rows:
-        conn.execute(insert(object_key), key_rows)
+        conn.execute(_INSERT_KEY, key_rows)
+
+
+_INSERT_RETURNING_PK = insert(registry_object).returning(registry_object.c.pk,
+                                                         sort_by_parameter_order=True)
+_INSERT_KEY = insert(object_key)
+_INSERT_COLUMNS = tuple(c.name for c in registry_object.columns if c.name != "pk")
+
+
+def _pg_array_type(column) -> str:
+    """The column's type as a PostgreSQL array type, without length (an explicit cast to
+    varchar(n) would truncate; the insert's assignment checks the length instead)."""
+    return column.type.compile(dialect=postgresql.dialect()).split("(")[0] + "[]"
+
+
+#: PostgreSQL: the objects and their keys in one statement whose text does not depend on
+#: the number of rows: one array per column, ``unnest`` into rows, and the keys joined to
+#: the new primary keys by entryUUID.
+_PG_INSERT = (
+    "WITH ins AS (INSERT INTO registry_object ({names}) SELECT * FROM unnest({arrays}) "
+    "RETURNING pk, uuid) "
+    "INSERT INTO object_key (object_pk, key, value) SELECT ins.pk, k.key, k.value "
+    "FROM unnest(%(key_uuid)s::varchar[], %(key_key)s::smallint[], %(key_value)s::varchar[]) "
+    "AS k(uuid, key, value) JOIN ins ON ins.uuid = k.uuid"
+).format(names=", ".join(_INSERT_COLUMNS),
+         arrays=", ".join(f"%({c.name})s::{_pg_array_type(c)}"
+                          for c in registry_object.columns if c.name != "pk"))
 
 
 def rewrite_object(conn: Connection, obj: RegistryObject) -> None:

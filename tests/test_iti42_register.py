@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import uuid
 import factory as F
 from lxml import etree
 from xds import (
@@ -165,6 +166,25 @@ def test_iti42_folder_uniqueid_reused_is_XDSDuplicateUniqueIdInRegistry(server, 
     second = F.submission(patient, with_folder=True)
     second.folders[0].unique_id = first.folders[0].unique_id
     assert error_codes(_register(server, second)) == ["XDSDuplicateUniqueIdInRegistry"]
+
+
+def test_iti42_entryuuid_chosen_by_the_source_is_kept_and_cannot_be_registered_twice(
+        server, cli):
+    """UUID ids are the source's (only symbolic ids are replaced); an entryUUID already in
+    the registry is refused even under new uniqueIds, and nothing of that submission is
+    stored."""
+    patient = _patient(cli)
+    first = F.submission(patient)
+    chosen = "urn:uuid:" + str(uuid.uuid4())
+    first.associations[0].target = first.documents[0].id = chosen
+    assert status(_register(server, first)) == "Success"
+    assert [eo.get("id") for eo in _entries(find_documents(server, patient))] == [chosen]
+    again = F.submission(patient)
+    again.associations[0].target = again.documents[0].id = chosen
+    answer = _register(server, again)
+    assert error_codes(answer) == ["XDSRegistryMetadataError"]
+    assert chosen in etree.tostring(answer).decode()
+    assert len(_entries(find_documents(server, patient))) == 1
 
 
 def test_iti42_concurrent_submissions_one_folder_uniqueid_exactly_one_wins(server, cli):

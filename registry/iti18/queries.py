@@ -1,7 +1,8 @@
 """The 14 XDS.b stored queries (ITI TF-2a §3.18.4.1.2.3.7.1-14) as SQL over opendmp.schema.
 
 Each query is a handful of statements, one per step, none per object (no N+1):
-patient-anchored queries resolve the patient CX to ``patient.pk`` once and then filter
+patient-anchored queries resolve the patient CX to ``patient.pk`` in a scalar subquery
+of the same statement and filter
 ``registry_object`` on ``(patient_pk, kind, status[, creation_time])`` — the
 ``ix_ro_patient`` index — with coded attributes on their columns (``IN``) and the
 multi-valued keys (eventCodeList, confidentialityCode, authorPerson, referenceIdList,
@@ -22,9 +23,9 @@ from sqlalchemy import Connection, Row, and_, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from opendmp.schema import object_key as ok
+from opendmp.schema import patient
 from opendmp.schema import registry_object as ro
 from registry import errors as E
-from registry import store
 from registry import vocabulary as V
 from registry.hl7types import HL7TypeError, parse_cx
 from registry.store import DOCUMENT_KINDS, Key, Kind
@@ -181,16 +182,19 @@ def document_filters(p: QueryParams) -> list[ColumnElement]:
     return conds
 
 
-def resolve_patient(ctx: Ctx, p: QueryParams, name: str) -> int | None:
-    """The patient's key from a CX parameter: one indexed lookup of the canonical CX
-    (patients are stored without CX.5, as ITI-42 registers them). A malformed CX is
-    XDSRegistryError; an unknown or merged (subsumed) one, None: nothing is found under it."""
+def resolve_patient(p: QueryParams, name: str) -> ColumnElement:
+    """The patient's key from a CX parameter, as a scalar subquery of the query's own
+    statement (no round trip of its own): one indexed lookup of the canonical CX (patients
+    are stored without CX.5, as ITI-42 registers them). A malformed CX is XDSRegistryError;
+    an unknown or merged (subsumed) one gives NULL, under which nothing is found."""
     value = p.single(name)
     try:
         canonical = parse_cx(value).canonical
     except HL7TypeError as exc:
         raise E.XdsError(E.REGISTRY_ERROR, f"{name}: {exc}") from None
-    return store.patient_pk(ctx.conn, canonical)
+    return (select(patient.c.pk)
+            .where(patient.c.cx == canonical, patient.c.merged_into.is_(None))
+            .scalar_subquery())
 
 
 def linking(objects: list[Row], candidates: list[Row]) -> list[Row]:
@@ -237,8 +241,8 @@ def find_documents(ctx: Ctx, p: QueryParams, *, by_reference_id: bool = False) -
         for group in p.and_groups(DE_REFERENCE_IDS):
             conds.append(has_key(Key.REFERENCE_ID, ok.c.value.in_(group)))
     statuses, kinds = p.statuses(DE_STATUS), p.document_kinds()
-    patient = resolve_patient(ctx, p, DE_PATIENT_ID)
-    if patient is None or not statuses or not kinds:
+    patient = resolve_patient(p, DE_PATIENT_ID)
+    if not statuses or not kinds:
         return []
     return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind.in_(kinds),
                      ro.c.status.in_(statuses), *conds)
@@ -258,8 +262,8 @@ def find_submission_sets(ctx: Ctx, p: QueryParams) -> list[Row]:
     if p.has(SS_AUTHOR_PERSON):
         conds.append(has_key(Key.AUTHOR_PERSON, like_any(ok.c.value, p.values(SS_AUTHOR_PERSON))))
     statuses = p.statuses(SS_STATUS)
-    patient = resolve_patient(ctx, p, SS_PATIENT_ID)
-    if patient is None or not statuses:
+    patient = resolve_patient(p, SS_PATIENT_ID)
+    if not statuses:
         return []
     return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.SUBMISSION_SET,
                      ro.c.status.in_(statuses), *conds)
@@ -271,8 +275,8 @@ def find_folders(ctx: Ctx, p: QueryParams) -> list[Row]:
     for group in p.and_groups(FOL_CODE_LIST):
         conds.append(has_key(Key.FOLDER_CODE, code_match(ok.c.value, group)))
     statuses = p.statuses(FOL_STATUS)
-    patient = resolve_patient(ctx, p, FOL_PATIENT_ID)
-    if patient is None or not statuses:
+    patient = resolve_patient(p, FOL_PATIENT_ID)
+    if not statuses:
         return []
     return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.FOLDER,
                      ro.c.status.in_(statuses), *conds)
@@ -285,9 +289,7 @@ def get_all(ctx: Ctx, p: QueryParams) -> list[Row]:
     de_status, ss_status, fol_status = (p.statuses(DE_STATUS), p.statuses(SS_STATUS),
                                         p.statuses(FOL_STATUS))
     kinds, doc_filters = p.document_kinds(), document_filters(p)
-    patient = resolve_patient(ctx, p, PATIENT_ID)
-    if patient is None:
-        return []
+    patient = resolve_patient(p, PATIENT_ID)
     objects: list[Row] = []
     if de_status and kinds:
         objects += ctx.fetch(ro.c.patient_pk == patient, ro.c.kind.in_(kinds),
