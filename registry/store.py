@@ -5,13 +5,13 @@ commits on its own, so a transaction's objects land together or not at all.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable
 
 from lxml import etree
 from sqlalchemy import Connection, String, any_, bindparam, insert, or_, select, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from opendmp.schema import object_key, patient, registry_object
@@ -244,11 +244,13 @@ def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | N
         return
     rows, keysets = zip(*(object_row(obj, pk) for obj, pk in objects))
     if conn.dialect.name == "postgresql":
-        params = {c: [r[c] for r in rows] for c in _INSERT_COLUMNS}
-        params["key_uuid"] = [r["uuid"] for r, keys in zip(rows, keysets) for _ in keys]
-        params["key_key"] = [int(k) for keys in keysets for k, _ in keys]
-        params["key_value"] = [v for keys in keysets for _, v in keys]
-        conn.exec_driver_sql(_PG_INSERT, params)
+        conn.exec_driver_sql(_PG_INSERT, {
+            # bytea travels as its hex input form ("\x...") inside the JSON text
+            "rows": json.dumps([{k: (f"\\x{v.hex()}" if k == "ebrim" else v)
+                                 for k, v in r.items() if v is not None} for r in rows]),
+            "keys": json.dumps([(r["uuid"], int(k), v)
+                                for r, keys in zip(rows, keysets) for k, v in keys]),
+        })
         return
     pks = conn.execute(_INSERT_RETURNING_PK, list(rows)).scalars().all()
     key_rows = [
@@ -262,27 +264,22 @@ def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | N
 _INSERT_RETURNING_PK = insert(registry_object).returning(registry_object.c.pk,
                                                          sort_by_parameter_order=True)
 _INSERT_KEY = insert(object_key)
-_INSERT_COLUMNS = tuple(c.name for c in registry_object.columns if c.name != "pk")
+_INSERT_COLUMNS = ", ".join(c.name for c in registry_object.columns if c.name != "pk")
 
-
-def _pg_array_type(column) -> str:
-    """The column's type as a PostgreSQL array type, without length (an explicit cast to
-    varchar(n) would truncate; the insert's assignment checks the length instead)."""
-    return column.type.compile(dialect=postgresql.dialect()).split("(")[0] + "[]"
-
-
-#: PostgreSQL: the objects and their keys in one statement whose text does not depend on
-#: the number of rows: one array per column, ``unnest`` into rows, and the keys joined to
-#: the new primary keys by entryUUID.
+#: PostgreSQL: the objects and their keys in one statement, two parameters whatever the
+#: number of rows: the rows as a JSON array read by ``json_populate_recordset`` against
+#: the table's own row type (each value through its column type's input function, so a
+#: too-long value is an error, as with VALUES), the keys as ``[entryUUID, key, value]``
+#: joined to the new primary keys. Dumping one JSON string costs psycopg far less than
+#: 27 parameters or arrays (0.12 vs 0.26-0.46 ms of CPU for a 3-object submission).
 _PG_INSERT = (
-    "WITH ins AS (INSERT INTO registry_object ({names}) SELECT * FROM unnest({arrays}) "
-    "RETURNING pk, uuid) "
-    "INSERT INTO object_key (object_pk, key, value) SELECT ins.pk, k.key, k.value "
-    "FROM unnest(%(key_uuid)s::varchar[], %(key_key)s::smallint[], %(key_value)s::varchar[]) "
-    "AS k(uuid, key, value) JOIN ins ON ins.uuid = k.uuid"
-).format(names=", ".join(_INSERT_COLUMNS),
-         arrays=", ".join(f"%({c.name})s::{_pg_array_type(c)}"
-                          for c in registry_object.columns if c.name != "pk"))
+    f"WITH ins AS (INSERT INTO registry_object ({_INSERT_COLUMNS}) "
+    f"SELECT {_INSERT_COLUMNS} FROM json_populate_recordset(NULL::registry_object, "
+    "%(rows)s::json) RETURNING pk, uuid) "
+    "INSERT INTO object_key (object_pk, key, value) "
+    "SELECT ins.pk, (k->>1)::smallint, k->>2 FROM json_array_elements(%(keys)s::json) AS k "
+    "JOIN ins ON ins.uuid = k->>0"
+)
 
 
 def rewrite_object(conn: Connection, obj: RegistryObject) -> None:

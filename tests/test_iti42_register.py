@@ -75,6 +75,28 @@ def test_iti42_registers_and_leafclass_returns_everything_submitted(server, cli)
                     namespaces=NS) == [de.authors[0].person]
 
 
+def test_iti42_stores_any_unicode_and_xml_special_characters_exactly(server, cli):
+    """Values travel to the database and back unchanged, whatever their characters
+    (accents, astral plane, quotes, backslashes, XML specials), including the multi-valued
+    query keys: an authorPerson with such characters is found by FindDocuments."""
+    patient = _patient(cli)
+    odd = "Éloïse \u20ac \U0001d11e \\x00 \\ \" ' <&> %s %(x)s"
+    sub = F.submission(patient)
+    de = sub.documents[0]
+    de.title = [LocalizedString(odd)]
+    de.authors[0].person = f"801234567897^{odd}^Claire^^^Dr^^^&1.2.250.1.71.4.2.1&ISO"
+    de.extra_slots.append(Slot("urn:example:odd", [odd]))
+    assert status(_register(server, sub)) == "Success"
+    (eo,) = _entries(find_documents(server, patient, **{
+        "$XDSDocumentEntryAuthorPerson": "('%^" + odd.replace("'", "''") + "^%')"}))
+    assert eo.xpath("rim:Name/rim:LocalizedString/@value", namespaces=NS) == [odd]
+    assert eo.xpath("rim:Slot[@name='urn:example:odd']/rim:ValueList/rim:Value/text()",
+                    namespaces=NS) == [odd]
+    assert eo.xpath(f"rim:Classification[@classificationScheme='{V.DE_AUTHOR}']"
+                    "/rim:Slot[@name='authorPerson']/rim:ValueList/rim:Value/text()",
+                    namespaces=NS) == [de.authors[0].person]
+
+
 def test_iti42_rejects_unknown_patient_with_XDSUnknownPatientId(server):
     answer = _register(server, F.submission(F.new_ins()))
     assert status(answer) == "Failure"
