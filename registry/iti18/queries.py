@@ -16,10 +16,10 @@ XDSResultNotSinglePatient check are applied by :func:`run`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from sqlalchemy import Connection, Row, and_, func, or_, select
+from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from opendmp.schema import object_key as ok
@@ -91,6 +91,8 @@ class Ctx:
     #: LeafClass answers need the ebRIM blobs; ObjectRef answers do not.
     leaf: bool
     limit: int
+    #: values of the named bind parameters of prebuilt parts (``PATIENT_PK``)
+    params: dict = field(default_factory=dict)
 
     @property
     def columns(self) -> list:
@@ -105,7 +107,7 @@ class Ctx:
         stmt = select(*self.columns).where(*conditions)
         if final:
             stmt = stmt.limit(self.limit + 1)
-        rows = self.conn.execute(stmt).all()
+        rows = self.conn.execute(stmt, self.params).all()
         if final and len(rows) > self.limit:
             raise TooManyResults
         return rows
@@ -182,19 +184,31 @@ def document_filters(p: QueryParams) -> list[ColumnElement]:
     return conds
 
 
-def resolve_patient(p: QueryParams, name: str) -> ColumnElement:
-    """The patient's key from a CX parameter, as a scalar subquery of the query's own
-    statement (no round trip of its own): one indexed lookup of the canonical CX (patients
-    are stored without CX.5, as ITI-42 registers them). A malformed CX is XDSRegistryError;
-    an unknown or merged (subsumed) one gives NULL, under which nothing is found."""
+#: the active (not merged) patient of a canonical CX, as a scalar subquery: the
+#: patient-anchored queries resolve it inside their own statement (no round trip of
+#: its own). Built once: building it per query costs more CPU than running it.
+PATIENT_PK = (select(patient.c.pk)
+              .where(patient.c.cx == bindparam("patient_cx"), patient.c.merged_into.is_(None))
+              .scalar_subquery())
+
+
+def resolve_patient(ctx: Ctx, p: QueryParams, name: str) -> ColumnElement:
+    """The patient's key from a CX parameter: :data:`PATIENT_PK` bound to the canonical CX
+    (patients are stored without CX.5, as ITI-42 registers them). A malformed CX is
+    XDSRegistryError; an unknown or merged (subsumed) one gives NULL, under which nothing
+    is found."""
     value = p.single(name)
     try:
-        canonical = parse_cx(value).canonical
+        ctx.params["patient_cx"] = parse_cx(value).canonical
     except HL7TypeError as exc:
         raise E.XdsError(E.REGISTRY_ERROR, f"{name}: {exc}") from None
-    return (select(patient.c.pk)
-            .where(patient.c.cx == canonical, patient.c.merged_into.is_(None))
-            .scalar_subquery())
+    return PATIENT_PK
+
+
+def one_of(column, values: list) -> ColumnElement:
+    """``column = v`` for a single value (a plain bound parameter, compiled once and
+    cached), ``column IN (...)`` otherwise (expanded at every execution)."""
+    return column == values[0] if len(values) == 1 else column.in_(values)
 
 
 def linking(objects: list[Row], candidates: list[Row]) -> list[Row]:
@@ -241,11 +255,11 @@ def find_documents(ctx: Ctx, p: QueryParams, *, by_reference_id: bool = False) -
         for group in p.and_groups(DE_REFERENCE_IDS):
             conds.append(has_key(Key.REFERENCE_ID, ok.c.value.in_(group)))
     statuses, kinds = p.statuses(DE_STATUS), p.document_kinds()
-    patient = resolve_patient(p, DE_PATIENT_ID)
+    patient = resolve_patient(ctx, p, DE_PATIENT_ID)
     if not statuses or not kinds:
         return []
-    return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind.in_(kinds),
-                     ro.c.status.in_(statuses), *conds)
+    return ctx.fetch(ro.c.patient_pk == patient, one_of(ro.c.kind, kinds),
+                     one_of(ro.c.status, statuses), *conds)
 
 
 def find_documents_by_reference_id(ctx: Ctx, p: QueryParams) -> list[Row]:
@@ -262,11 +276,11 @@ def find_submission_sets(ctx: Ctx, p: QueryParams) -> list[Row]:
     if p.has(SS_AUTHOR_PERSON):
         conds.append(has_key(Key.AUTHOR_PERSON, like_any(ok.c.value, p.values(SS_AUTHOR_PERSON))))
     statuses = p.statuses(SS_STATUS)
-    patient = resolve_patient(p, SS_PATIENT_ID)
+    patient = resolve_patient(ctx, p, SS_PATIENT_ID)
     if not statuses:
         return []
     return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.SUBMISSION_SET,
-                     ro.c.status.in_(statuses), *conds)
+                     one_of(ro.c.status, statuses), *conds)
 
 
 def find_folders(ctx: Ctx, p: QueryParams) -> list[Row]:
@@ -275,11 +289,11 @@ def find_folders(ctx: Ctx, p: QueryParams) -> list[Row]:
     for group in p.and_groups(FOL_CODE_LIST):
         conds.append(has_key(Key.FOLDER_CODE, code_match(ok.c.value, group)))
     statuses = p.statuses(FOL_STATUS)
-    patient = resolve_patient(p, FOL_PATIENT_ID)
+    patient = resolve_patient(ctx, p, FOL_PATIENT_ID)
     if not statuses:
         return []
     return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.FOLDER,
-                     ro.c.status.in_(statuses), *conds)
+                     one_of(ro.c.status, statuses), *conds)
 
 
 def get_all(ctx: Ctx, p: QueryParams) -> list[Row]:
@@ -289,17 +303,17 @@ def get_all(ctx: Ctx, p: QueryParams) -> list[Row]:
     de_status, ss_status, fol_status = (p.statuses(DE_STATUS), p.statuses(SS_STATUS),
                                         p.statuses(FOL_STATUS))
     kinds, doc_filters = p.document_kinds(), document_filters(p)
-    patient = resolve_patient(p, PATIENT_ID)
+    patient = resolve_patient(ctx, p, PATIENT_ID)
     objects: list[Row] = []
     if de_status and kinds:
-        objects += ctx.fetch(ro.c.patient_pk == patient, ro.c.kind.in_(kinds),
-                             ro.c.status.in_(de_status), *doc_filters)
+        objects += ctx.fetch(ro.c.patient_pk == patient, one_of(ro.c.kind, kinds),
+                             one_of(ro.c.status, de_status), *doc_filters)
     if ss_status:
         objects += ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.SUBMISSION_SET,
-                             ro.c.status.in_(ss_status))
+                             one_of(ro.c.status, ss_status))
     if fol_status:
         objects += ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.FOLDER,
-                             ro.c.status.in_(fol_status))
+                             one_of(ro.c.status, fol_status))
     if not objects:
         return []
     if len(objects) > ctx.limit:
@@ -373,7 +387,7 @@ def get_submission_set_and_contents(ctx: Ctx, p: QueryParams) -> list[Row]:
     wanted = [ro.c.kind == Kind.FOLDER,
               and_(ro.c.kind == Kind.ASSOCIATION, *association_status(p))]
     if kinds:
-        wanted.append(and_(ro.c.kind.in_(kinds), *document_filters(p)))
+        wanted.append(and_(one_of(ro.c.kind, kinds), *document_filters(p)))
     targets = sorted({m.target_uuid for m in members})
     content = ctx.fetch(ro.c.uuid.in_(targets), or_(*wanted), final=False)
     objects = [ss] + [c for c in content if c.kind != Kind.ASSOCIATION]
@@ -393,7 +407,7 @@ def get_folder_and_contents(ctx: Ctx, p: QueryParams) -> list[Row]:
     if not members or not kinds:
         return [folder]
     targets = sorted({m.target_uuid for m in members})
-    docs = ctx.fetch(ro.c.uuid.in_(targets), ro.c.kind.in_(kinds), *document_filters(p))
+    docs = ctx.fetch(ro.c.uuid.in_(targets), one_of(ro.c.kind, kinds), *document_filters(p))
     ids = {d.uuid for d in docs}
     return [folder] + docs + [m for m in members if m.target_uuid in ids]
 
@@ -423,7 +437,7 @@ def get_related_documents(ctx: Ctx, p: QueryParams) -> list[Row]:
     kinds = p.document_kinds()
     if not kinds:
         return []
-    found = ctx.fetch(ro.c.kind.in_(kinds), by_id(p, DE_UUID, DE_UNIQUE_ID))
+    found = ctx.fetch(one_of(ro.c.kind, kinds), by_id(p, DE_UUID, DE_UNIQUE_ID))
     if not found:
         return []
     ids = sorted({d.uuid for d in found})
@@ -435,7 +449,7 @@ def get_related_documents(ctx: Ctx, p: QueryParams) -> list[Row]:
     others = {a.target_uuid if a.source_uuid in start else a.source_uuid for a in links} - start
     if not others:
         return []
-    related = ctx.fetch(ro.c.uuid.in_(sorted(others)), ro.c.kind.in_(kinds))
+    related = ctx.fetch(ro.c.uuid.in_(sorted(others)), one_of(ro.c.kind, kinds))
     rel = {d.uuid for d in related}
     kept = [a for a in links if a.source_uuid in rel or a.target_uuid in rel]
     if not kept:
