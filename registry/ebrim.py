@@ -385,29 +385,33 @@ def parse_registry_object(data: bytes) -> RegistryObject:
 
 # ======================================================================= writing
 
+_SubElement = etree.SubElement
+_SLOT, _VALUE_LIST, _VALUE = R + "Slot", R + "ValueList", R + "Value"
+_LOCALIZED_STRING = R + "LocalizedString"
+
+
 def _sub(parent: etree._Element, local: str, **attrs: str | None) -> etree._Element:
-    el = etree.SubElement(parent, R + local)
-    for k, v in attrs.items():
-        if v is not None:
-            el.set(k, v)
-    return el
+    return _SubElement(parent, R + local, {k: v for k, v in attrs.items() if v is not None})
 
 
 def _write_localized(parent: etree._Element, local: str, strings: list[LocalizedString]) -> None:
     if not strings:
         return
-    holder = _sub(parent, local)
+    holder = _SubElement(parent, R + local)
     for ls in strings:
-        el = _sub(holder, "LocalizedString", charset=ls.charset, value=ls.value)
+        attrs = {"value": ls.value} if ls.charset is None else {"charset": ls.charset,
+                                                                "value": ls.value}
         if ls.lang:
-            el.set(XML_LANG, ls.lang)
+            attrs[XML_LANG] = ls.lang
+        _SubElement(holder, _LOCALIZED_STRING, attrs)
 
 
 def _write_slot(parent: etree._Element, name: str, values: list[str], slot_type: str | None = None):
-    slot = _sub(parent, "Slot", name=name, slotType=slot_type)
-    vl = _sub(slot, "ValueList")
+    slot = _SubElement(parent, _SLOT, {"name": name} if slot_type is None
+                       else {"name": name, "slotType": slot_type})
+    vl = _SubElement(slot, _VALUE_LIST)
     for v in values:
-        _sub(vl, "Value").text = v
+        _SubElement(vl, _VALUE).text = v
 
 
 def _write_slots(parent: etree._Element, slots: list[Slot]) -> None:
@@ -465,12 +469,9 @@ def _write_extra_ext_ids(parent, obj: RegistryObject) -> None:
 
 
 def _open(obj: RegistryObject, local: str, **attrs: str | None) -> etree._Element:
-    el = etree.Element(R + local, nsmap=NSMAP)
-    for k, v in (("id", obj.id), *attrs.items(), ("status", obj.status),
-                 ("lid", obj.lid), ("home", obj.home)):
-        if v is not None:
-            el.set(k, v)
-    return el
+    return etree.Element(R + local, {k: v for k, v in (
+        ("id", obj.id), *attrs.items(), ("status", obj.status), ("lid", obj.lid),
+        ("home", obj.home)) if v is not None}, nsmap=NSMAP)
 
 
 def _write_name_desc_version(el: etree._Element, obj: RegistryObject) -> None:

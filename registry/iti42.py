@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from opendmp.db import write_transaction
-from soapstack.namespaces import LCM, RIM
+from soapstack.namespaces import RIM
 
 from . import errors as E
 from . import store
@@ -197,14 +197,15 @@ def _check_references(sub: Submission, existing: dict[str, StoredObject],
     return errors
 
 
-def _check_unique_ids(conn: Connection, sub: Submission) -> list[E.XdsError]:
+def _check_unique_ids(sub: Submission, stored_objects: list[StoredObject]) -> list[E.XdsError]:
     """SubmissionSet/Folder uniqueIds are new; a re-registered document uniqueId must carry
-    the same hash and size (XDSNonIdenticalHash / XDSNonIdenticalSize)."""
+    the same hash and size (XDSNonIdenticalHash / XDSNonIdenticalSize). ``stored_objects``
+    holds (at least) the registry's objects with one of the submission's uniqueIds."""
     errors: dict[str, E.XdsError] = {}
     docs = {d.unique_id: d for d in sub.documents if d.unique_id}
     packages = {p.unique_id: p for p in [*sub.submission_sets, *sub.folders] if p.unique_id}
-    for stored in store.objects_by_unique_id(conn, [*docs, *packages]):
-        if stored.unique_id in errors:
+    for stored in stored_objects:
+        if stored.unique_id is None or stored.unique_id in errors:
             continue
         if stored.unique_id in packages:
             errors[stored.unique_id] = E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
@@ -231,6 +232,31 @@ def _check_unique_ids(conn: Connection, sub: Submission) -> list[E.XdsError]:
     return list(errors.values())
 
 
+def _check_registry(conn: Connection, sub: Submission, submitted_uuids: set[str],
+                    patient: int) -> dict[str, StoredObject]:
+    """One statement for every check against the registry's content: the entryUUIDs the
+    source chose are new, association ends exist (:func:`_check_references`), uniqueIds
+    are new or identical (:func:`_check_unique_ids`). UUIDs the registry has just generated
+    for symbolic ids are not looked up: they cannot exist (a collision would still be
+    refused by the unique index). Returns the referenced objects already in the
+    registry; raises XdsErrors."""
+    local_ids = {o.id for o in sub.objects()}
+    referenced = {end for a in sub.associations for end in (a.source, a.target)} - local_ids
+    unique_ids = [o.unique_id for o in [*sub.documents, *sub.submission_sets, *sub.folders]
+                  if o.unique_id]
+    found = store.stored_objects(conn, submitted_uuids | referenced, unique_ids)
+    already = sorted({s.uuid for s in found if s.uuid in submitted_uuids})
+    if already:
+        raise E.XdsErrors([E.XdsError(E.REGISTRY_METADATA_ERROR,
+                                      f"object {u} already exists in the registry", u)
+                           for u in already])
+    existing = {s.uuid: s for s in found if s.uuid in referenced}
+    errors = _check_references(sub, existing, patient) + _check_unique_ids(sub, found)
+    if errors:
+        raise E.XdsErrors(errors)
+    return existing
+
+
 # ------------------------------------------------------------------ the transaction
 
 def register_submission(conn: Connection, sub: Submission, domain: AffinityDomain) -> None:
@@ -238,23 +264,15 @@ def register_submission(conn: Connection, sub: Submission, domain: AffinityDomai
     errors = validate_submission(sub, domain)
     if errors:
         raise E.XdsErrors(errors)
+    # entryUUIDs chosen by the source; assign_uuids generates the others
+    submitted_uuids = {o.id for o in sub.objects() if _is_uuid(o.id)}
     assign_uuids(sub)
     ss = sub.submission_set
     try:
         patient = resolve_patient(conn, ss.patient_id, domain)
     except HL7TypeError as exc:  # validated above; kept for safety
         raise E.XdsErrors([E.XdsError(E.REGISTRY_METADATA_ERROR, str(exc))]) from None
-    local_ids = {o.id for o in sub.objects()}
-    already = store.objects_by_uuid(conn, local_ids)
-    if already:
-        raise E.XdsErrors([E.XdsError(E.REGISTRY_METADATA_ERROR,
-                                      f"object {u} already exists in the registry", u)
-                           for u in sorted(already)])
-    referenced = {end for a in sub.associations for end in (a.source, a.target)} - local_ids
-    existing = store.objects_by_uuid(conn, referenced)
-    errors = _check_references(sub, existing, patient) + _check_unique_ids(conn, sub)
-    if errors:
-        raise E.XdsErrors(errors)
+    existing = _check_registry(conn, sub, submitted_uuids, patient)
 
     now = now_dtm()
     for obj in sub.objects():

@@ -5,12 +5,14 @@ commits on its own, so a transaction's objects land together or not at all.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Iterable
 
 from lxml import etree
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, String, any_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from opendmp.schema import object_key, patient, registry_object
 
@@ -137,21 +139,19 @@ def object_row(obj: RegistryObject, patient_pk: int | None) -> tuple[dict, list[
 
 # ----------------------------------------------------------------- patients
 
-def patient_pk(conn: Connection, cx: str, *, lock: bool = False) -> int | None:
-    """The key of an active patient identifier; None when unknown or merged into another
-    (after ITI-8 A40 / ITI-44 merge, documents live under the surviving identifier and the
-    subsumed one no longer registers nor finds anything). ``lock`` serializes writers per
-    patient."""
-    row = patient_row(conn, cx, lock=lock)
-    return None if row is None or row.merged_into is not None else row.pk
-
-
 def patient_row(conn: Connection, cx: str, *, lock: bool = False):
-    """(pk, merged_into) of a patient identifier, or None."""
-    stmt = select(patient.c.pk, patient.c.merged_into).where(patient.c.cx == cx)
-    if lock and conn.dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return conn.execute(stmt).first()
+    """(pk, merged_into) of a patient identifier, or None. After ITI-8 A40 / ITI-44 merge,
+    documents live under the surviving identifier and the subsumed one no longer
+    registers nor finds anything. ``lock`` (PostgreSQL: FOR UPDATE) serializes writers
+    per patient; SQLite serializes every writer with BEGIN IMMEDIATE."""
+    stmt = _PATIENT_FOR_UPDATE if lock and conn.dialect.name == "postgresql" else _PATIENT
+    return conn.execute(stmt, {"cx": cx}).first()
+
+
+#: built once: a statement built per call costs more CPU than running it (SQLAlchemy
+#: computes its cache key on every build).
+_PATIENT = select(patient.c.pk, patient.c.merged_into).where(patient.c.cx == bindparam("cx"))
+_PATIENT_FOR_UPDATE = _PATIENT.with_for_update()
 
 
 def add_patient(conn: Connection, cx: str) -> int:
@@ -217,21 +217,25 @@ def _stored(row) -> StoredObject:
                         row.size, row.assoc_type, row.source_uuid, row.target_uuid)
 
 
-def objects_by_uuid(conn: Connection, uuids: Iterable[str]) -> dict[str, StoredObject]:
-    uuids = list(set(uuids))
-    if not uuids:
-        return {}
-    rows = conn.execute(select(*_STORED_COLUMNS).where(registry_object.c.uuid.in_(uuids)))
-    return {r.uuid: _stored(r) for r in rows}
-
-
-def objects_by_unique_id(conn: Connection, unique_ids: Iterable[str]) -> list[StoredObject]:
-    unique_ids = list(set(unique_ids))
-    if not unique_ids:
+def stored_objects(conn: Connection, uuids: Iterable[str],
+                   unique_ids: Iterable[str]) -> list[StoredObject]:
+    """The registry's objects having one of ``uuids`` as entryUUID or one of ``unique_ids``
+    as uniqueId, in one statement (each object once)."""
+    params = {"uuids": sorted(set(uuids)), "unique_ids": sorted(set(unique_ids))}
+    if not params["uuids"] and not params["unique_ids"]:
         return []
-    rows = conn.execute(
-        select(*_STORED_COLUMNS).where(registry_object.c.unique_id.in_(unique_ids)))
-    return [_stored(r) for r in rows]
+    stmt = _STORED_BY_ANY if conn.dialect.name == "postgresql" else _STORED_BY_IN
+    return [_stored(r) for r in conn.execute(stmt, params)]
+
+
+#: PostgreSQL: ``= ANY(array)``, one statement text whatever the number of ids (psycopg
+#: prepares it server-side after a few executions); SQLite: expanding ``IN``.
+_STORED_BY_ANY = select(*_STORED_COLUMNS).where(or_(
+    registry_object.c.uuid == any_(bindparam("uuids", type_=ARRAY(String))),
+    registry_object.c.unique_id == any_(bindparam("unique_ids", type_=ARRAY(String)))))
+_STORED_BY_IN = select(*_STORED_COLUMNS).where(or_(
+    registry_object.c.uuid.in_(bindparam("uuids", expanding=True)),
+    registry_object.c.unique_id.in_(bindparam("unique_ids", expanding=True))))
 
 
 def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | None]]) -> None:
@@ -239,16 +243,43 @@ def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | N
     if not objects:
         return
     rows, keysets = zip(*(object_row(obj, pk) for obj, pk in objects))
-    pks = conn.execute(
-        insert(registry_object).returning(registry_object.c.pk, sort_by_parameter_order=True),
-        list(rows),
-    ).scalars().all()
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(_PG_INSERT, {
+            # bytea travels as its hex input form ("\x...") inside the JSON text
+            "rows": json.dumps([{k: (f"\\x{v.hex()}" if k == "ebrim" else v)
+                                 for k, v in r.items() if v is not None} for r in rows]),
+            "keys": json.dumps([(r["uuid"], int(k), v)
+                                for r, keys in zip(rows, keysets) for k, v in keys]),
+        })
+        return
+    pks = conn.execute(_INSERT_RETURNING_PK, list(rows)).scalars().all()
     key_rows = [
         {"object_pk": pk, "key": int(k), "value": v}
         for pk, keys in zip(pks, keysets) for k, v in keys
     ]
     if key_rows:
-        conn.execute(insert(object_key), key_rows)
+        conn.execute(_INSERT_KEY, key_rows)
+
+
+_INSERT_RETURNING_PK = insert(registry_object).returning(registry_object.c.pk,
+                                                         sort_by_parameter_order=True)
+_INSERT_KEY = insert(object_key)
+_INSERT_COLUMNS = ", ".join(c.name for c in registry_object.columns if c.name != "pk")
+
+#: PostgreSQL: the objects and their keys in one statement, two parameters whatever the
+#: number of rows: the rows as a JSON array read by ``json_populate_recordset`` against
+#: the table's own row type (each value through its column type's input function, so a
+#: too-long value is an error, as with VALUES), the keys as ``[entryUUID, key, value]``
+#: joined to the new primary keys. Dumping one JSON string costs psycopg far less than
+#: 27 parameters or arrays (0.12 vs 0.26-0.46 ms of CPU for a 3-object submission).
+_PG_INSERT = (
+    f"WITH ins AS (INSERT INTO registry_object ({_INSERT_COLUMNS}) "
+    f"SELECT {_INSERT_COLUMNS} FROM json_populate_recordset(NULL::registry_object, "
+    "%(rows)s::json) RETURNING pk, uuid) "
+    "INSERT INTO object_key (object_pk, key, value) "
+    "SELECT ins.pk, (k->>1)::smallint, k->>2 FROM json_array_elements(%(keys)s::json) AS k "
+    "JOIN ins ON ins.uuid = k->>0"
+)
 
 
 def rewrite_object(conn: Connection, obj: RegistryObject) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import uuid
 import factory as F
 from lxml import etree
 from xds import (
@@ -69,6 +70,28 @@ def test_iti42_registers_and_leafclass_returns_everything_submitted(server, cli)
                     namespaces=NS) == [de.unique_id]
     assert eo.xpath("rim:Slot[@name='hash']/rim:ValueList/rim:Value/text()",
                     namespaces=NS) == [de.hash]
+    assert eo.xpath(f"rim:Classification[@classificationScheme='{V.DE_AUTHOR}']"
+                    "/rim:Slot[@name='authorPerson']/rim:ValueList/rim:Value/text()",
+                    namespaces=NS) == [de.authors[0].person]
+
+
+def test_iti42_stores_any_unicode_and_xml_special_characters_exactly(server, cli):
+    """Values travel to the database and back unchanged, whatever their characters
+    (accents, astral plane, quotes, backslashes, XML specials), including the multi-valued
+    query keys: an authorPerson with such characters is found by FindDocuments."""
+    patient = _patient(cli)
+    odd = "Éloïse \u20ac \U0001d11e \\x00 \\ \" ' <&> %s %(x)s"
+    sub = F.submission(patient)
+    de = sub.documents[0]
+    de.title = [LocalizedString(odd)]
+    de.authors[0].person = f"801234567897^{odd}^Claire^^^Dr^^^&1.2.250.1.71.4.2.1&ISO"
+    de.extra_slots.append(Slot("urn:example:odd", [odd]))
+    assert status(_register(server, sub)) == "Success"
+    (eo,) = _entries(find_documents(server, patient, **{
+        "$XDSDocumentEntryAuthorPerson": "('%^" + odd.replace("'", "''") + "^%')"}))
+    assert eo.xpath("rim:Name/rim:LocalizedString/@value", namespaces=NS) == [odd]
+    assert eo.xpath("rim:Slot[@name='urn:example:odd']/rim:ValueList/rim:Value/text()",
+                    namespaces=NS) == [odd]
     assert eo.xpath(f"rim:Classification[@classificationScheme='{V.DE_AUTHOR}']"
                     "/rim:Slot[@name='authorPerson']/rim:ValueList/rim:Value/text()",
                     namespaces=NS) == [de.authors[0].person]
@@ -165,6 +188,25 @@ def test_iti42_folder_uniqueid_reused_is_XDSDuplicateUniqueIdInRegistry(server, 
     second = F.submission(patient, with_folder=True)
     second.folders[0].unique_id = first.folders[0].unique_id
     assert error_codes(_register(server, second)) == ["XDSDuplicateUniqueIdInRegistry"]
+
+
+def test_iti42_entryuuid_chosen_by_the_source_is_kept_and_cannot_be_registered_twice(
+        server, cli):
+    """UUID ids are the source's (only symbolic ids are replaced); an entryUUID already in
+    the registry is refused even under new uniqueIds, and nothing of that submission is
+    stored."""
+    patient = _patient(cli)
+    first = F.submission(patient)
+    chosen = "urn:uuid:" + str(uuid.uuid4())
+    first.associations[0].target = first.documents[0].id = chosen
+    assert status(_register(server, first)) == "Success"
+    assert [eo.get("id") for eo in _entries(find_documents(server, patient))] == [chosen]
+    again = F.submission(patient)
+    again.associations[0].target = again.documents[0].id = chosen
+    answer = _register(server, again)
+    assert error_codes(answer) == ["XDSRegistryMetadataError"]
+    assert chosen in etree.tostring(answer).decode()
+    assert len(_entries(find_documents(server, patient))) == 1
 
 
 def test_iti42_concurrent_submissions_one_folder_uniqueid_exactly_one_wins(server, cli):

@@ -1,7 +1,8 @@
 """The 14 XDS.b stored queries (ITI TF-2a §3.18.4.1.2.3.7.1-14) as SQL over opendmp.schema.
 
 Each query is a handful of statements, one per step, none per object (no N+1):
-patient-anchored queries resolve the patient CX to ``patient.pk`` once and then filter
+patient-anchored queries resolve the patient CX to ``patient.pk`` in a scalar subquery
+of the same statement and filter
 ``registry_object`` on ``(patient_pk, kind, status[, creation_time])`` — the
 ``ix_ro_patient`` index — with coded attributes on their columns (``IN``) and the
 multi-valued keys (eventCodeList, confidentialityCode, authorPerson, referenceIdList,
@@ -15,16 +16,16 @@ XDSResultNotSinglePatient check are applied by :func:`run`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from sqlalchemy import Connection, Row, and_, func, or_, select
+from sqlalchemy import Connection, Row, and_, bindparam, func, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from opendmp.schema import object_key as ok
+from opendmp.schema import patient
 from opendmp.schema import registry_object as ro
 from registry import errors as E
-from registry import store
 from registry import vocabulary as V
 from registry.hl7types import HL7TypeError, parse_cx
 from registry.store import DOCUMENT_KINDS, Key, Kind
@@ -90,6 +91,8 @@ class Ctx:
     #: LeafClass answers need the ebRIM blobs; ObjectRef answers do not.
     leaf: bool
     limit: int
+    #: values of the named bind parameters of prebuilt parts (``PATIENT_PK``)
+    params: dict = field(default_factory=dict)
 
     @property
     def columns(self) -> list:
@@ -104,7 +107,7 @@ class Ctx:
         stmt = select(*self.columns).where(*conditions)
         if final:
             stmt = stmt.limit(self.limit + 1)
-        rows = self.conn.execute(stmt).all()
+        rows = self.conn.execute(stmt, self.params).all()
         if final and len(rows) > self.limit:
             raise TooManyResults
         return rows
@@ -181,16 +184,31 @@ def document_filters(p: QueryParams) -> list[ColumnElement]:
     return conds
 
 
-def resolve_patient(ctx: Ctx, p: QueryParams, name: str) -> int | None:
-    """The patient's key from a CX parameter: one indexed lookup of the canonical CX
+#: the active (not merged) patient of a canonical CX, as a scalar subquery: the
+#: patient-anchored queries resolve it inside their own statement (no round trip of
+#: its own). Built once: building it per query costs more CPU than running it.
+PATIENT_PK = (select(patient.c.pk)
+              .where(patient.c.cx == bindparam("patient_cx"), patient.c.merged_into.is_(None))
+              .scalar_subquery())
+
+
+def resolve_patient(ctx: Ctx, p: QueryParams, name: str) -> ColumnElement:
+    """The patient's key from a CX parameter: :data:`PATIENT_PK` bound to the canonical CX
     (patients are stored without CX.5, as ITI-42 registers them). A malformed CX is
-    XDSRegistryError; an unknown or merged (subsumed) one, None: nothing is found under it."""
+    XDSRegistryError; an unknown or merged (subsumed) one gives NULL, under which nothing
+    is found."""
     value = p.single(name)
     try:
-        canonical = parse_cx(value).canonical
+        ctx.params["patient_cx"] = parse_cx(value).canonical
     except HL7TypeError as exc:
         raise E.XdsError(E.REGISTRY_ERROR, f"{name}: {exc}") from None
-    return store.patient_pk(ctx.conn, canonical)
+    return PATIENT_PK
+
+
+def one_of(column, values: list) -> ColumnElement:
+    """``column = v`` for a single value (a plain bound parameter, compiled once and
+    cached), ``column IN (...)`` otherwise (expanded at every execution)."""
+    return column == values[0] if len(values) == 1 else column.in_(values)
 
 
 def linking(objects: list[Row], candidates: list[Row]) -> list[Row]:
@@ -238,10 +256,10 @@ def find_documents(ctx: Ctx, p: QueryParams, *, by_reference_id: bool = False) -
             conds.append(has_key(Key.REFERENCE_ID, ok.c.value.in_(group)))
     statuses, kinds = p.statuses(DE_STATUS), p.document_kinds()
     patient = resolve_patient(ctx, p, DE_PATIENT_ID)
-    if patient is None or not statuses or not kinds:
+    if not statuses or not kinds:
         return []
-    return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind.in_(kinds),
-                     ro.c.status.in_(statuses), *conds)
+    return ctx.fetch(ro.c.patient_pk == patient, one_of(ro.c.kind, kinds),
+                     one_of(ro.c.status, statuses), *conds)
 
 
 def find_documents_by_reference_id(ctx: Ctx, p: QueryParams) -> list[Row]:
@@ -259,10 +277,10 @@ def find_submission_sets(ctx: Ctx, p: QueryParams) -> list[Row]:
         conds.append(has_key(Key.AUTHOR_PERSON, like_any(ok.c.value, p.values(SS_AUTHOR_PERSON))))
     statuses = p.statuses(SS_STATUS)
     patient = resolve_patient(ctx, p, SS_PATIENT_ID)
-    if patient is None or not statuses:
+    if not statuses:
         return []
     return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.SUBMISSION_SET,
-                     ro.c.status.in_(statuses), *conds)
+                     one_of(ro.c.status, statuses), *conds)
 
 
 def find_folders(ctx: Ctx, p: QueryParams) -> list[Row]:
@@ -272,10 +290,10 @@ def find_folders(ctx: Ctx, p: QueryParams) -> list[Row]:
         conds.append(has_key(Key.FOLDER_CODE, code_match(ok.c.value, group)))
     statuses = p.statuses(FOL_STATUS)
     patient = resolve_patient(ctx, p, FOL_PATIENT_ID)
-    if patient is None or not statuses:
+    if not statuses:
         return []
     return ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.FOLDER,
-                     ro.c.status.in_(statuses), *conds)
+                     one_of(ro.c.status, statuses), *conds)
 
 
 def get_all(ctx: Ctx, p: QueryParams) -> list[Row]:
@@ -286,18 +304,16 @@ def get_all(ctx: Ctx, p: QueryParams) -> list[Row]:
                                         p.statuses(FOL_STATUS))
     kinds, doc_filters = p.document_kinds(), document_filters(p)
     patient = resolve_patient(ctx, p, PATIENT_ID)
-    if patient is None:
-        return []
     objects: list[Row] = []
     if de_status and kinds:
-        objects += ctx.fetch(ro.c.patient_pk == patient, ro.c.kind.in_(kinds),
-                             ro.c.status.in_(de_status), *doc_filters)
+        objects += ctx.fetch(ro.c.patient_pk == patient, one_of(ro.c.kind, kinds),
+                             one_of(ro.c.status, de_status), *doc_filters)
     if ss_status:
         objects += ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.SUBMISSION_SET,
-                             ro.c.status.in_(ss_status))
+                             one_of(ro.c.status, ss_status))
     if fol_status:
         objects += ctx.fetch(ro.c.patient_pk == patient, ro.c.kind == Kind.FOLDER,
-                             ro.c.status.in_(fol_status))
+                             one_of(ro.c.status, fol_status))
     if not objects:
         return []
     if len(objects) > ctx.limit:
@@ -371,7 +387,7 @@ def get_submission_set_and_contents(ctx: Ctx, p: QueryParams) -> list[Row]:
     wanted = [ro.c.kind == Kind.FOLDER,
               and_(ro.c.kind == Kind.ASSOCIATION, *association_status(p))]
     if kinds:
-        wanted.append(and_(ro.c.kind.in_(kinds), *document_filters(p)))
+        wanted.append(and_(one_of(ro.c.kind, kinds), *document_filters(p)))
     targets = sorted({m.target_uuid for m in members})
     content = ctx.fetch(ro.c.uuid.in_(targets), or_(*wanted), final=False)
     objects = [ss] + [c for c in content if c.kind != Kind.ASSOCIATION]
@@ -391,7 +407,7 @@ def get_folder_and_contents(ctx: Ctx, p: QueryParams) -> list[Row]:
     if not members or not kinds:
         return [folder]
     targets = sorted({m.target_uuid for m in members})
-    docs = ctx.fetch(ro.c.uuid.in_(targets), ro.c.kind.in_(kinds), *document_filters(p))
+    docs = ctx.fetch(ro.c.uuid.in_(targets), one_of(ro.c.kind, kinds), *document_filters(p))
     ids = {d.uuid for d in docs}
     return [folder] + docs + [m for m in members if m.target_uuid in ids]
 
@@ -421,7 +437,7 @@ def get_related_documents(ctx: Ctx, p: QueryParams) -> list[Row]:
     kinds = p.document_kinds()
     if not kinds:
         return []
-    found = ctx.fetch(ro.c.kind.in_(kinds), by_id(p, DE_UUID, DE_UNIQUE_ID))
+    found = ctx.fetch(one_of(ro.c.kind, kinds), by_id(p, DE_UUID, DE_UNIQUE_ID))
     if not found:
         return []
     ids = sorted({d.uuid for d in found})
@@ -433,7 +449,7 @@ def get_related_documents(ctx: Ctx, p: QueryParams) -> list[Row]:
     others = {a.target_uuid if a.source_uuid in start else a.source_uuid for a in links} - start
     if not others:
         return []
-    related = ctx.fetch(ro.c.uuid.in_(sorted(others)), ro.c.kind.in_(kinds))
+    related = ctx.fetch(ro.c.uuid.in_(sorted(others)), one_of(ro.c.kind, kinds))
     rel = {d.uuid for d in related}
     kept = [a for a in links if a.source_uuid in rel or a.target_uuid in rel]
     if not kept:
