@@ -12,7 +12,8 @@ that names a patient (``urn:oasis:names:tc:xacml:2.0:resource:resource-id``, IHE
   GetFolders, GetSubmissionSetAndContents, GetAssociations... by UUID or uniqueId): the
   objects about to be returned must all be the assertion's patient's.
 * :func:`require_documents` — ITI-43: every requested document the repository holds must
-  be the assertion's patient's.
+  be the assertion's patient's (by the registry's DocumentEntry, else by the patient the
+  repository's index recorded at ITI-41).
 
 A refusal is a :class:`~soapstack.wssecurity.SecurityFault` with subcode
 ``wsse:FailedAuthentication``, the fault the X-Service Provider answers when the assertion
@@ -35,7 +36,7 @@ resource-id (generic XUA): nothing is restricted here.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from sqlalchemy import Connection, select
 
@@ -99,13 +100,33 @@ def require_registry_objects(identity, conn: Connection, rows: Iterable) -> None
                                  (cx for cx in cxs.values() if cx_key(cx) != key))
 
 
-def require_documents(identity, conn: Connection, unique_ids: Iterable[str]) -> None:
-    """ITI-43: refuse to serve documents (by uniqueId) of another patient than the
-    identity's. The patient is the registered DocumentEntry's; a document this node's
-    registry does not know (a repository in front of a remote registry) cannot be shown
-    to be the patient's and is refused too (fail closed)."""
+def require_documents(identity, conn: Connection, documents: Mapping[str, str | None]) -> None:
+    """ITI-43: refuse to serve documents of another patient than the identity's.
+
+    ``documents`` maps the uniqueIds about to be served (those the repository holds) to
+    the patient its index recorded at ITI-41 (:mod:`repository.index`, the SubmissionSet
+    patientId as canonical CX; None for documents stored before migration 0007).
+
+    Whose document it is, in this order:
+
+    1. The registry's DocumentEntry, when this node's registry knows the document. The
+       registry is the authority: it is where a document's patient changes after the
+       fact — a PIX merge (ITI-8 A40 / ITI-44, :func:`registry.store.merge_patient`)
+       re-points the subsumed patient's objects to the survivor, and a metadata update
+       (ITI-57) can move a misfiled document to its right patient. The index keeps what
+       the submitter said at ITI-41; trusting it over the registry would keep serving a
+       corrected document to the patient it was wrongly filed under.
+    2. Otherwise (a repository in front of a remote registry, ``OPENDMP_REGISTRY_URL``)
+       the index's patient, followed through any PIX merge this node's own patient table
+       records (its PIX Manager feeds :func:`registry.store.merge_patient` too), so the
+       answer agrees with what a registry would say after that merge. Changes made only
+       at the remote registry (its merges, ITI-57) do not reach the index: those are
+       refused or served as the patient stood at ITI-41 (README, access-policy limits).
+    3. No patient at all (neither the registry nor the index knows it): refused, fail
+       closed — it cannot be shown to be the assertion's patient's.
+    """
     allowed = authorized_patient(identity)
-    wanted = sorted(set(unique_ids))
+    wanted = sorted(documents)
     if allowed is None or not wanted:
         return
     ro = registry_object
@@ -113,14 +134,33 @@ def require_documents(identity, conn: Connection, unique_ids: Iterable[str]) -> 
         select(ro.c.unique_id, patient.c.cx)
         .join(patient, patient.c.pk == ro.c.patient_pk)
         .where(ro.c.unique_id.in_(wanted), ro.c.kind.in_(DOCUMENT_KINDS)))
-    found = [(r.unique_id, r.cx) for r in rows]
-    owners: dict[str, set[tuple[str, str]]] = {}
-    for uid, cx in found:
-        owners.setdefault(uid, set()).add(cx_key(cx))
+    owners: dict[str, set[str]] = {}
+    for r in rows:
+        owners.setdefault(r.unique_id, set()).add(r.cx)
+    indexed = {uid: documents[uid] for uid in wanted
+               if uid not in owners and documents[uid] is not None}
+    current = _current_identifiers(conn, set(indexed.values()))
+    for uid, cx in indexed.items():
+        owners[uid] = {current[cx]}
     key = cx_key(allowed)
-    if any(owners.get(uid) != {key} for uid in wanted):
+    if any({cx_key(cx) for cx in owners.get(uid, ())} != {key} for uid in wanted):
         raise _refuse_disclosure("the request retrieves documents",
-                                 (cx for _, cx in found if cx_key(cx) != key))
+                                 (cx for cxs in owners.values() for cx in cxs
+                                  if cx_key(cx) != key))
+
+
+def _current_identifiers(conn: Connection, cxs: set[str]) -> dict[str, str]:
+    """Each patient identifier as it stands now: the survivor's when this node's patient
+    table records it merged (:func:`registry.store.merge_patient` points every merged
+    identifier straight at the final survivor), else itself."""
+    if not cxs:
+        return {}
+    survivor = patient.alias("survivor")
+    rows = conn.execute(select(patient.c.cx, survivor.c.cx.label("survivor_cx"))
+                        .join(survivor, survivor.c.pk == patient.c.merged_into)
+                        .where(patient.c.cx.in_(sorted(cxs))))
+    merged = {r.cx: r.survivor_cx for r in rows}
+    return {cx: merged.get(cx, cx) for cx in cxs}
 
 
 __all__ = ["authorized_patient", "cx_key", "require_documents", "require_patient",

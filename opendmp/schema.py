@@ -116,6 +116,10 @@ repository_document = Table(
     Column("state", SmallInteger, nullable=False),
     #: seconds since the epoch, for the recovery sweep's age check.
     Column("created_at", BigInteger, nullable=False),
+    #: the SubmissionSet patientId (canonical CX) received at ITI-41; NULL for documents
+    #: stored before migration 0007. opendmp.policy.require_documents reads it when the
+    #: registry does not know the document (a remote registry).
+    Column("patient_cx", String(256), nullable=True),
 )
 Index("ix_rd_state", repository_document.c.state, repository_document.c.created_at)
 

@@ -10,6 +10,7 @@ import httpx
 from lxml import etree
 from sqlalchemy import Connection, Engine
 
+from opendmp import failpoints
 from opendmp.db import write_transaction
 from registry import errors as E
 from registry.affinity import AffinityDomain
@@ -91,6 +92,7 @@ class RemoteRegistry:
         if not (answer.get("status") or "").endswith(":Success"):
             raise E.XdsErrors(errors or [E.XdsError(E.REGISTRY_ERROR,
                                                     f"registry answered {answer.get('status')}")])
+        failpoints.hit("iti41.after_register")
         try:
             with write_transaction(self.engine) as conn:
                 index.mark_committed(conn, unique_ids)

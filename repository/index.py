@@ -4,6 +4,11 @@ With the in-process registry a row is written COMMITTED in the registration's ow
 transaction. With a remote registry it is STAGED before the registry is called and
 COMMITTED right after the registry accepted the submission; :mod:`repository.recovery`
 settles STAGED rows left by a crash.
+
+Each row records the patient of its document (the SubmissionSet patientId received at
+ITI-41, canonical CX) in the same insert, hence in the same transaction as the row:
+:func:`opendmp.policy.require_documents` reads it when the registry does not know the
+document (a remote registry). Rows written before migration 0007 have none.
 """
 from __future__ import annotations
 
@@ -29,18 +34,21 @@ class IndexedDocument:
     mime_type: str
     state: int
     created_at: int
+    #: canonical CX of the document's patient as received at ITI-41; None before 0007.
+    patient_cx: str | None
 
 
 def _row(r) -> IndexedDocument:
     return IndexedDocument(r.unique_id, r.repository_unique_id, r.storage_key, r.size, r.sha1,
-                           r.mime_type, r.state, r.created_at)
+                           r.mime_type, r.state, r.created_at, r.patient_cx)
 
 
 def add(conn: Connection, docs: Iterable[IndexedDocument]) -> None:
     """Insert rows in their ``state`` (the unique index refuses a uniqueId twice)."""
     rows = [dict(unique_id=d.unique_id, repository_unique_id=d.repository_unique_id,
                  storage_key=d.storage_key, size=d.size, sha1=d.sha1, mime_type=d.mime_type,
-                 state=d.state, created_at=int(time.time())) for d in docs]
+                 state=d.state, created_at=int(time.time()), patient_cx=d.patient_cx)
+            for d in docs]
     if rows:
         conn.execute(insert(rd), rows)
 

@@ -22,6 +22,7 @@ from opendmp import failpoints
 from opendmp.db import write_transaction
 from registry import errors as E
 from registry import vocabulary as V
+from registry.hl7types import HL7TypeError, parse_cx
 from registry.iti42 import read_submit_objects_request
 from registry.model import DocumentEntry
 from soapstack.mtom import Attachment, require_complete
@@ -44,6 +45,7 @@ REPOSITORY_OUT_OF_RESOURCES = "XDSRepositoryOutOfResources"
 REPOSITORY_BUSY = "XDSRepositoryBusy"
 REPOSITORY_DUPLICATE_UNIQUE_ID_IN_MESSAGE = "XDSRepositoryDuplicateUniqueIdInMessage"
 SNIFF_BYTES = 512
+PATIENT_CX_MAX = 256   # repository_document.patient_cx
 
 
 def _err(code: str, message: str, location: str | None = None) -> E.XdsError:
@@ -239,8 +241,10 @@ def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
     if errors:
         raise E.XdsErrors(errors)
     mime = {d.unique_id: d.mime_type for d in sub.documents}
+    patient = submitted_patient(sub)
     rows = [index.IndexedDocument(uid, repo.settings.unique_id, staged[uid].key,
-                                  staged[uid].size, staged[uid].sha1_hex, mime[uid], state, 0)
+                                  staged[uid].size, staged[uid].sha1_hex, mime[uid], state, 0,
+                                  patient)
             for uid in sorted(fresh)]   # one order for every transaction: no lock cycles
     try:
         index.add(conn, rows)
@@ -249,6 +253,24 @@ def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
                                 "a document of this submission is being stored concurrently")]) \
             from None
     return fresh
+
+
+def submitted_patient(sub) -> str | None:
+    """The patient the index records for the submission's documents: the SubmissionSet
+    patientId as canonical CX (ITI TF-3 §4.2.3.1.7, without CX.5, as the registry keys
+    patients). It is the patient the XUA step checked (:func:`opendmp.policy.require_patient`)
+    and the one a registry files every object of the submission under (a DocumentEntry
+    naming another is XDSPatientIdDoesNotMatch, ITI TF-3 §4.2.2). None when it is absent
+    or not a CX (a registry refuses such a submission; a document with no recorded patient
+    is never served under a patient-scoped assertion unless the registry knows it)."""
+    ss = sub.submission_set
+    if ss is None or not ss.patient_id:
+        return None
+    try:
+        cx = parse_cx(ss.patient_id).canonical
+    except HL7TypeError:
+        return None
+    return cx if len(cx) <= PATIENT_CX_MAX else None
 
 
 def _undo(repo: Repository, staged: dict[str, StagedDocument], indexed: list[str]) -> None:

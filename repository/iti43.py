@@ -81,8 +81,8 @@ def retrieve_document_set(repo: Repository, request: etree._Element,
     wanted = [r for r in requests if _addressed_here(r, repo, home_community_id, errors)]
     with read_transaction(repo.engine) as conn:
         found = index.lookup(conn, [r.document_unique_id for r in wanted])
-        policy.require_documents(identity, conn, [u for u, d in found.items()
-                                                  if d.state == index.COMMITTED])
+        policy.require_documents(identity, conn, {u: d.patient_cx for u, d in found.items()
+                                                  if d.state == index.COMMITTED})
     responses, attachments = [], []
     budget = repo.settings.preverify_bytes   # bytes this answer may hold in memory
     for r in wanted:

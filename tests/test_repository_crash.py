@@ -7,7 +7,9 @@ With the in-process registry, one write transaction records the index row and th
 registration; the failpoints are inside it (after the index row; after the registration,
 before the commit: nothing may remain) and after its commit, before the staged file is
 renamed into place (the document is registered: it must stay retrievable, and the
-recovery sweep moves the file).
+recovery sweep moves the file). With a remote registry, the failpoint after its Success
+and before the index row is marked COMMITTED: the sweep commits the row, with the
+patient recorded in it at ITI-41.
 """
 from __future__ import annotations
 
@@ -18,10 +20,12 @@ from pathlib import Path
 import factory as F
 import httpx
 import pytest
+from test_policy_server import _refused, _retrieve
 from xds import NS, error_codes, find_documents, repository, repository_unique_id, status
 
 from registry.hl7types import parse_cx
 from repository.source import DocumentContent, provide_and_register, retrieve
+from xua.idp import VihfClaims, issue
 
 
 def _files(srv) -> list[Path]:
@@ -121,3 +125,38 @@ def test_kill9_during_a_slow_upload_leaves_no_partial_bytes(server_factory):
     srv.kill9()
     srv.restart()
     _assert_nothing_left(srv, patient, sub.documents[0].unique_id)
+
+
+def test_kill9_after_a_remote_registry_registered_keeps_the_document_and_its_patient(
+        server_factory):
+    """Remote registry: the worker dies after the registry's Success, before the STAGED
+    row is marked COMMITTED. The recovery sweep finds the document registered and commits
+    the row — with the patient recorded in that same row at ITI-41, so an ITI-43 under
+    the patient's assertion is served and one under another patient's is refused
+    (opendmp.policy.require_documents; this node's registry does not know the document)."""
+    registry_node = server_factory()
+    srv = server_factory(env={"OPENDMP_REGISTRY_URL": registry_node.url("/xds/registry"),
+                              "OPENDMP_FAILPOINTS": "iti41.after_register:kill"})
+    patient, other = F.new_ins(), F.new_ins()
+    assert registry_node.run_cli(["patient", "add", patient]).returncode == 0
+    sub = _submission(patient)
+    content = b"<doc>registered remotely, then the worker died</doc>"
+    with pytest.raises((httpx.HTTPError, OSError)):
+        provide_and_register(repository(srv), sub,
+                             {sub.documents[0].id: DocumentContent.of(content)})
+    uid = sub.documents[0].unique_id
+    assert find_documents(registry_node, parse_cx(patient).canonical).xpath(
+        "//rim:ExtrinsicObject", namespaces=NS)
+    response, docs = retrieve(repository(srv), repository_unique_id(srv), [uid])
+    assert error_codes(response) == ["XDSDocumentUniqueIdError"]   # STAGED: not served yet
+    srv.kill9()
+    srv.restart(env={"OPENDMP_FAILPOINTS": ""})
+    assert "committed=1" in srv.log_text(since_start=True)
+
+    def assertion(cx):
+        ins, _, _, authority = cx.split("^")[:4]
+        return issue(srv.home, VihfClaims(ins=ins, ins_oid=authority.split("&")[1]))
+
+    assert _retrieve(srv, assertion(patient), [uid]) == ("Success", [content])
+    assert _refused(lambda: _retrieve(srv, assertion(other), [uid])) \
+        .subcode.endswith("FailedAuthentication")
