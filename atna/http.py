@@ -20,7 +20,8 @@ from sqlalchemy import Engine
 from opendmp.db import read_transaction
 
 from . import events as ev
-from .access import HISTORY, TRAIL, AccessSettings, may_read, reader_of
+from opendmp.policy import HISTORY, TRAIL, HttpReaders, Reader, may_read
+from soapstack.wsgi import peer_subject
 from .history import accesses
 from .message import AuditRecord
 from .query import AuditQuery, StoredAudit, iso, parse_when, run_query, to_json
@@ -207,11 +208,11 @@ def patient_history(conn, patient: str, limit: int = 1000, own_source: str | Non
     return accesses(ordered[:limit], own_source)
 
 
-def audit_routes(engine: Engine, access: AccessSettings | None = None, auditor=None,
+def audit_routes(engine: Engine, access: HttpReaders | None = None, auditor=None,
                  own_source: str | None = None) -> dict[str, Callable]:
     """``extra_routes`` for :class:`soapstack.wsgi.SoapApplication`. Every read goes
-    through :func:`atna.access.may_read`; a refused one is answered 403 and audited."""
-    access = access or AccessSettings()
+    through :func:`opendmp.policy.may_read`; a refused one is answered 403 and audited."""
+    access = access or HttpReaders()
 
     def _answer(start_response, status: str, doc: dict, ctype: str):
         body = json.dumps(doc, ensure_ascii=False).encode()
@@ -220,7 +221,7 @@ def audit_routes(engine: Engine, access: AccessSettings | None = None, auditor=N
 
     def _allowed(environ, what: str) -> str | None:
         """None when allowed, else the reason of the refusal (audited)."""
-        reader = reader_of(environ)
+        reader = Reader(peer_subject(environ), environ.get("REMOTE_ADDR"))
         decision = may_read(access, reader, what)
         if decision.allowed:
             return None

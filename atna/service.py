@@ -115,7 +115,7 @@ def _user() -> str:
 
 def wsgi_parts(settings, engine, endpoints: list, repository=None) -> tuple[list, dict]:
     """Audited endpoints and the audit routes for :func:`opendmp.app.create_app`."""
-    from .access import AccessSettings
+    from opendmp.policy import HttpReaders
     from .hooks import AuditedRegistryGateway, audit_endpoint
     from .http import audit_routes
 
@@ -125,6 +125,6 @@ def wsgi_parts(settings, engine, endpoints: list, repository=None) -> tuple[list
     if repository is not None and getattr(repository.settings, "registry_url", None) and auditor.enabled:
         repository.registry = AuditedRegistryGateway(repository.registry,
                                                      repository.settings.registry_url, auditor)
-    routes = audit_routes(engine, AccessSettings.from_env(settings.env),
+    routes = audit_routes(engine, HttpReaders.from_env(settings.env),
                           auditor if auditor.enabled else None, audit.source_id)
     return [audit_endpoint(ep, auditor) for ep in endpoints], routes

@@ -4,6 +4,11 @@
 * ``GET /documents/<uniqueId>.html`` -> a stored CDA rendered as HTML (:mod:`cda.render`),
   read through the repository's index and encrypted store and checked against the SHA-1
   recorded at ITI-41 before it is rendered.
+
+Both are health data read over plain HTTP, without an assertion: every request goes
+through :func:`opendmp.policy.may_read` (:data:`~opendmp.policy.HEALTH_DATA`) first and
+is answered 403 unless the TLS client certificate is a configured health-data reader
+(``OPENDMP_HEALTH_DATA_READERS``), or the request comes from loopback in development.
 """
 from __future__ import annotations
 
@@ -15,8 +20,10 @@ from typing import Callable
 from urllib.parse import unquote
 
 from opendmp.db import read_transaction
+from opendmp.policy import HEALTH_DATA, HttpReaders, Reader, may_read
 from repository import index
 from repository.crypto import StoreError
+from soapstack.wsgi import peer_subject
 
 from .document import CdaError
 from .render import SECURITY_HEADERS, render
@@ -41,10 +48,23 @@ def _text(start_response, status: str, message: str):
                    [("X-Content-Type-Options", "nosniff")])
 
 
-def summary_app(engine) -> Callable:
+def _refusal(readers: HttpReaders, environ) -> str | None:
+    """None when the reader may read health data, else the reason (logged, answered 403)."""
+    reader = Reader(peer_subject(environ), environ.get("REMOTE_ADDR"))
+    decision = may_read(readers, reader, HEALTH_DATA)
+    if decision.allowed:
+        return None
+    log.warning("refused %s: %s", environ.get("PATH_INFO", ""), decision.reason)
+    return decision.reason
+
+
+def summary_app(engine, readers: HttpReaders) -> Callable:
     def app(environ, start_response):
         if environ.get("REQUEST_METHOD") != "GET":
             return _text(start_response, "405 Method Not Allowed", "GET only")
+        refused = _refusal(readers, environ)
+        if refused:
+            return _text(start_response, "403 Forbidden", refused)
         parts = unquote(environ.get("PATH_INFO", "")).strip("/").split("/")
         if len(parts) != 3 or parts[0] != "patients" or parts[2] != "summary":
             return _text(start_response, "404 Not Found", "not found")
@@ -61,10 +81,13 @@ def summary_app(engine) -> Callable:
     return app
 
 
-def document_app(repo) -> Callable:
+def document_app(repo, readers: HttpReaders) -> Callable:
     def app(environ, start_response):
         if environ.get("REQUEST_METHOD") != "GET":
             return _text(start_response, "405 Method Not Allowed", "GET only")
+        refused = _refusal(readers, environ)
+        if refused:
+            return _text(start_response, "403 Forbidden", refused)
         path = unquote(environ.get("PATH_INFO", ""))
         if not path.startswith("/documents/") or not path.endswith(".html"):
             return _text(start_response, "404 Not Found", "not found")
@@ -99,6 +122,7 @@ def document_app(repo) -> Callable:
     return app
 
 
-def routes(engine, repo) -> dict[str, Callable]:
+def routes(engine, repo, readers: HttpReaders) -> dict[str, Callable]:
     """``extra_routes`` for :class:`soapstack.wsgi.SoapApplication`."""
-    return {"/patients/": summary_app(engine), "/documents/": document_app(repo)}
+    return {"/patients/": summary_app(engine, readers),
+            "/documents/": document_app(repo, readers)}

@@ -17,6 +17,7 @@ from xua.config import xua_step
 
 from .config import ROOT, Settings
 from .db import make_engine
+from .policy import HttpReaders
 
 
 def create_app(settings: Settings | None = None) -> SoapApplication:
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
         max_body=settings.max_request_bytes,
         max_mtom_body=settings.max_mtom_request_bytes,
         health=health,
-        extra_routes={**cda_routes(engine, repository), **audit_routes},
+        extra_routes={**cda_routes(engine, repository, HttpReaders.from_env(settings.env)),
+                      **audit_routes},
         # XUA (xua/, soapstack/wssecurity.py): OPENDMP_XUA=required|optional|off
         security=xua_step(settings.env, settings.home),
     )

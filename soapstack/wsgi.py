@@ -148,7 +148,7 @@ class SoapApplication:
             relates_to = request.message_id
             request.attachments = attachments
             request.remote_addr = environ.get("REMOTE_ADDR")
-            request.peer_subject = _peer_subject(environ)
+            request.peer_subject = peer_subject(environ)
             if self.security is not None:
                 self.security(request)
             op = endpoint.by_action.get(request.action)
@@ -251,7 +251,7 @@ def _own_url(environ: dict) -> str:
     return f"{scheme}://{host}"
 
 
-def _peer_subject(environ: dict) -> str | None:
+def peer_subject(environ: dict) -> str | None:
     """The TLS client certificate subject, when gunicorn terminated mutual TLS (deps.md §7)."""
     sock = environ.get("gunicorn.socket")
     getpeercert = getattr(sock, "getpeercert", None)

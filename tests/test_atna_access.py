@@ -1,5 +1,5 @@
 """The patient's access history (CSP art. L. 1111-19) through the real server, who may
-read the audit trail (atna.access), and refused TLS handshakes audited on every TLS
+read the audit trail (opendmp.policy.may_read), and refused TLS handshakes audited on every TLS
 listener (ITI-19 node-authentication failure) with ``openssl s_client``."""
 from __future__ import annotations
 
@@ -106,6 +106,7 @@ def tls_server(module_server_factory):
     mllp = free_port("127.0.0.1")
     srv = module_server_factory(env={"OPENDMP_HTTP_TLS": "1", "OPENDMP_AUDIT_READERS": "auditor",
                                      "OPENDMP_AUDIT_HISTORY_READERS": "portal",
+                                     "OPENDMP_HEALTH_DATA_READERS": "portal",
                                      "OPENDMP_MLLP_PORT": str(mllp),
                                      "OPENDMP_PIX_DOMAINS": f"HOSP&{LOCAL}&ISO"},
                                 start=False)
@@ -204,3 +205,18 @@ def test_refused_tls_handshakes_are_audited_as_node_authentication_failures(tls_
                 ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
             s.sendall(b"\x0b" + adt("A01", cx(new_local(), LOCAL, "HOSP")).encode() + b"\x1c\r")
             assert b"MSA|AA" in s.recv(65536)
+
+
+def test_rendered_documents_and_summaries_readable_only_by_health_data_readers(tls_server):
+    """The CDA web routes are health data: the policy refuses nodes that are not configured
+    health-data readers, the audit reader included (it audits accesses, not records)."""
+    srv = tls_server
+    ins = F.new_ins().split("^")[0]
+    with _as(srv, "harness") as nobody, _as(srv, "auditor") as auditor, \
+            _as(srv, "portal") as portal:
+        for path in (f"/patients/{ins}/summary", "/documents/1.2.250.1.999.1.html"):
+            for client in (nobody, auditor):
+                r = client.get(srv.url(path))
+                assert r.status_code == 403 and "not a health-data reader" in r.text, r.text
+            # allowed: the answer is about the content (nothing stored for these ids)
+            assert portal.get(srv.url(path)).status_code == 404
