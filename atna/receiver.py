@@ -21,7 +21,7 @@ Policy for what arrives:
 - a TLS client without a certificate from the trust store: the handshake is refused,
   counted as ``tls_refused`` and audited here as a Security Alert (110113 / 110126).
 
-Counters are written every half second to ``$OPENDMP_HOME/atna/arr-stats.json``
+Counters are written (when they changed) every 0.2 s to ``$OPENDMP_HOME/atna/arr-stats.json``
 (``opendmp audit stats``).
 """
 from __future__ import annotations
@@ -47,6 +47,8 @@ log = logging.getLogger("opendmp.atna.arr")
 
 ORIGIN_SD = "opendmp@32473"
 UDP_RCVBUF = 16 * 1024 * 1024
+#: seconds between writes of the counters file (only written when a counter changed)
+STATS_INTERVAL = 0.2
 HANDSHAKE_TIMEOUT = 10.0
 ALERTS_PER_SECOND = 20
 
@@ -212,7 +214,7 @@ class AuditRecordRepository:
         last = None
         last_log = 0.0
         while True:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(STATS_INTERVAL)
             if self.stats() != last:
                 last = self.stats()
                 current = self._write_stats()

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import random
@@ -81,15 +82,55 @@ def wait_stored(home: Path, target: int, timeout: float = 600) -> float:
     return time.monotonic()
 
 
-def tls_ingest(srv: ServerProcess, pki_dir: Path, n: int) -> dict:
+class CpuWatch:
+    """CPU seconds (utime + stime from /proc) of the processes that matter for the ARR —
+    its receiver (event loop: TLS, framing, RFC 5424 header), its ingest process (XML,
+    index, store), PostgreSQL (postmaster and backends) — this benchmark's client, and the
+    rest of the machine (other sessions, the kernel's softirqs) over a measured window."""
+
+    def __init__(self, srv: ServerProcess, pg_pid: int | None) -> None:
+        st = stats(srv.home)
+        self.pids = {"receiver": st.get("pid"), "ingest": st.get("ingest_pid")}
+        self.pg_pid = pg_pid
+
+    def _sample(self) -> dict:
+        out = {name: (C._proc_stat(pid) or (0, 0, 0))[2] if pid else 0
+               for name, pid in self.pids.items()}
+        pg = 0
+        if self.pg_pid:
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    st = C._proc_stat(int(name))
+                    if st and (int(name) == self.pg_pid or st[0] == self.pg_pid):
+                        pg += st[2]
+        out["postgres"] = pg
+        t = os.times()
+        out["client"] = (t.user + t.system) * C._TICK
+        out["machine"], out["total"] = C._machine_ticks()
+        return out
+
+    def __enter__(self) -> "CpuWatch":
+        self.before = self._sample()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        after = self._sample()
+        d = {k: (after[k] - self.before[k]) / C._TICK for k in after}
+        # d["machine"]: busy CPU-seconds of all CPUs (/proc/stat's first line sums them)
+        d["others"] = max(0.0, d["machine"] - d["receiver"] - d["ingest"] - d["postgres"] - d["client"])
+        self.seconds = d
+
+
+def tls_ingest(srv: ServerProcess, pki_dir: Path, n: int, pg_pid: int | None = None) -> dict:
     port = int(srv.extra_env["OPENDMP_AUDIT_TLS_PORT"])
     frames = [octet_frame(format_rfc5424(audit_message(i % 1000), hostname="bench"))
               for i in range(min(n, 1000))]
     ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.pem"))
     ctx.load_cert_chain(str(pki_dir / "bench.pem"), str(pki_dir / "bench.key"))
     base = stats(srv.home).get("stored", 0)
+    load = os.getloadavg()[0]
     with socket.create_connection(("127.0.0.1", port)) as raw, \
-            ctx.wrap_socket(raw, server_hostname="localhost") as s:
+            ctx.wrap_socket(raw, server_hostname="localhost") as s, CpuWatch(srv, pg_pid) as cpu:
         t0 = time.monotonic()
         sent = 0
         while sent < n:
@@ -100,8 +141,10 @@ def tls_ingest(srv: ServerProcess, pki_dir: Path, n: int) -> dict:
         t1 = wait_stored(srv.home, base + n)
         s.unwrap()
     size = len(frames[0])
+    us = {k: v / n * 1e6 for k, v in cpu.seconds.items()}
     return {"messages": n, "bytes": size, "send_s": t_sent - t0, "seconds": t1 - t0,
-            "rate": n / (t1 - t0), "mb_s": n * size / (t1 - t0) / 1e6}
+            "rate": n / (t1 - t0), "mb_s": n * size / (t1 - t0) / 1e6, "cpu_us": us,
+            "load": load, "load_after": os.getloadavg()[0]}
 
 
 def udp_ingest(srv: ServerProcess, rate: int, seconds: float = 3.0) -> dict:
@@ -210,23 +253,80 @@ def ingest_breakdown(n: int = 3000) -> list[tuple[str, float]]:
     return out
 
 
+def _tls_sink(pki_dir: Path) -> tuple[int, mp.Process]:
+    """A TLS syslog receiver that reads and discards (an ARR on another machine, as far as
+    this one's CPUs go), in its own process so that its CPU is accounted apart."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pki_dir / "node.pem"), str(pki_dir / "node.key"))
+    ctx.load_verify_locations(cafile=str(pki_dir / "ca.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        import threading
+
+        def drain(conn) -> None:
+            try:
+                with ctx.wrap_socket(conn, server_side=True) as s:
+                    while s.recv(262144):
+                        pass
+            except (OSError, ssl.SSLError):
+                pass
+
+        while True:
+            conn, _ = listener.accept()
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    proc = mp.get_context("fork").Process(target=serve, daemon=True)
+    proc.start()
+    listener.close()
+    return port, proc
+
+
+def in_request_cost_cpu(n: int = 3000) -> tuple[float, float]:
+    """(CPU µs, wall µs) per audited ITI-18 handler call in process (see in_request_cost);
+    CPU is the whole process's (request thread + spool thread), fdatasync's CPU included."""
+    t0 = time.process_time()
+    wall = in_request_cost(n)
+    return (time.process_time() - t0) / n * 1e6, wall
+
+
+def _loads() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+MODES = {
+    "off": "auditing off (OPENDMP_AUDIT_REPOSITORIES=none)",
+    "emit-udp": "emitted: spool + sender → UDP sink (nobody reads)",
+    "emit-tls": "emitted: spool + sender → TLS sink in another process (reads, discards)",
+    "self": "emitted + stored by our ARR on the same machine (the default)",
+}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.atna", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--db", choices=["pg", "sqlite"], default="pg")
-    p.add_argument("--messages", type=int, default=50_000)
+    p.add_argument("--messages", type=int, default=40_000)
+    p.add_argument("--tls-runs", type=int, default=2)
     p.add_argument("--udp-rates", default="2000,5000,10000")
-    p.add_argument("--seconds", type=float, default=10)
+    p.add_argument("--seconds", type=float, default=6)
+    p.add_argument("--rounds", type=int, default=2, help="ITI-18: alternations of the modes")
     p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--phases", default="tls,udp,iti18")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--breakdown", action="store_true",
                    help="only the in-process CPU cost per step of the ingest path")
     args = p.parse_args(argv)
+    phases = set(args.phases.split(","))
+    started = time.monotonic()
     if args.breakdown:
-        print(f"load average {os.getloadavg()[0]:.2f}\n\n| step | CPU µs / message |\n|---|---|")
+        print(f"load average {_loads()}\n\n| step | CPU µs / message |\n|---|---|")
         for label, us in ingest_breakdown():
             print(f"| {label} | {us:.1f} |")
-        print(f"| in-request cost of auditing one ITI-18 (wall) | {in_request_cost(3000):.1f} |")
+        cpu, wall = in_request_cost_cpu()
+        print(f"| auditing one ITI-18 in process: CPU (all threads) / wall | {cpu:.1f} / {wall:.1f} |")
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="opendmp-bench-atna-"))
@@ -247,36 +347,41 @@ def main(argv=None) -> int:
     env = {**tls_env, "OPENDMP_AUDIT_TLS_PORT": str(free_port()),
            "OPENDMP_AUDIT_UDP_PORT": str(free_port()), "OPENDMP_MLLP_PORT": "0"}
     srv = ServerProcess(url, home=work / "home", env=env)
+    tls_runs, udp, results, sink_proc = [], [], {}, None
     try:
         srv.start()
-        log(f"server up ({args.db}); TLS ingest of {args.messages} messages")
-        tls_ingest(srv, pki_dir, min(5000, args.messages))  # warm-up
-        tls = tls_ingest(srv, pki_dir, args.messages)
-        udp = []
-        for rate in [int(r) for r in args.udp_rates.split(",") if r]:
-            log(f"UDP at {rate}/s")
-            udp.append(udp_ingest(srv, rate))
-
-        log(f"loading {args.patients} patients with 3 documents each")
-        patients = [F.new_ins() for _ in range(args.patients)]
-        srv.run_cli(["patient", "add", *patients], check=True)
-        client = xds.registry(srv)
-        for patient in patients:
-            for _ in range(3):
-                client.call(xds.ITI42, F.submit_objects_request(F.submission(patient)))
-        results = {}
-        # "emit": spooled and sent over UDP to a bound socket nobody reads (an ARR on
-        # another machine, as far as this one's CPUs are concerned)
-        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sink.bind(("127.0.0.1", 0))
-        modes = {"on": "self", "off": "none", "emit": f"udp://127.0.0.1:{sink.getsockname()[1]}",
-                 "nofsync": f"udp://127.0.0.1:{sink.getsockname()[1]}"}
-        for mode in ("on", "off", "emit", "nofsync") * 2:
-            srv.restart(env={"OPENDMP_AUDIT_REPOSITORIES": modes[mode],
-                             "OPENDMP_AUDIT_FSYNC": "0" if mode == "nofsync" else "1"})
-            log(f"ITI-18 FindDocuments, auditing {mode}")
-            results.setdefault(mode, []).append(iti18_latency(srv, patients, args.seconds, pg_pid))
+        if "tls" in phases:
+            log(f"server up ({args.db}); TLS ingest, {args.tls_runs} x {args.messages} messages")
+            tls_ingest(srv, pki_dir, min(5000, args.messages))  # warm-up
+            for _ in range(args.tls_runs):
+                tls_runs.append(tls_ingest(srv, pki_dir, args.messages, pg_pid))
+        if "udp" in phases:
+            for rate in [int(r) for r in args.udp_rates.split(",") if r]:
+                log(f"UDP at {rate}/s")
+                udp.append(udp_ingest(srv, rate))
+        if "iti18" in phases:
+            log(f"loading {args.patients} patients with 3 documents each")
+            patients = [F.new_ins() for _ in range(args.patients)]
+            srv.run_cli(["patient", "add", *patients], check=True)
+            client = xds.registry(srv)
+            for patient in patients:
+                for _ in range(3):
+                    client.call(xds.ITI42, F.submit_objects_request(F.submission(patient)))
+            udp_sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            udp_sink.bind(("127.0.0.1", 0))
+            tls_sink_port, sink_proc = _tls_sink(pki_dir)
+            repositories = {"off": "none", "emit-udp": f"udp://127.0.0.1:{udp_sink.getsockname()[1]}",
+                            "emit-tls": f"tls://127.0.0.1:{tls_sink_port}", "self": "self"}
+            for _ in range(args.rounds):
+                for mode in ("off", "emit-udp", "emit-tls", "self"):
+                    srv.restart(env={"OPENDMP_AUDIT_REPOSITORIES": repositories[mode]})
+                    log(f"ITI-18 FindDocuments, {mode} (load {_loads()})")
+                    r = iti18_latency(srv, patients, args.seconds, pg_pid)
+                    r.load = os.getloadavg()[0]
+                    results.setdefault(mode, []).append(r)
     finally:
+        if sink_proc is not None:
+            sink_proc.kill()
         if not args.keep:
             srv.stop()
             if cluster is not None:
@@ -285,36 +390,58 @@ def main(argv=None) -> int:
         else:
             log(f"kept {work}")
 
-    print(f"\n### ATNA on {platform.node()} ({os.cpu_count()} CPUs), {args.db}\n")
-    print("| ingest | messages | message bytes | seconds | stored messages/s | MB/s |")
-    print("|---|---|---|---|---|---|")
-    print(f"| one TLS connection (mutual TLS, octet counting) | {tls['messages']:,} | {tls['bytes']:,} | "
-          f"{tls['seconds']:.2f} | {tls['rate']:,.0f} | {tls['mb_s']:.1f} |")
-    print("\n| UDP offered/s | sent | received | stored | loss |")
-    print("|---|---|---|---|---|")
-    for u in udp:
-        print(f"| {u['rate']:,} | {u['sent']:,} | {u['received']:,} | {u['stored']:,} | {100 * u['loss']:.1f} % |")
-    print(f"\nin-process cost of auditing one ITI-18 (wrapper + build + spool, fdatasync "
-          f"included, until flushed): {in_request_cost():.0f} µs per request\n")
-    print("| ITI-18 FindDocuments, 1 client | requests | per second | p50 ms | p99 ms | mean ms |")
-    print("|---|---|---|---|---|---|")
-    means = {}
-    labels = {"off": "auditing off", "emit": "audit emitted (spool + sender, ARR elsewhere)",
-              "nofsync": "the same without the spool's fdatasync (unsafe; for comparison)",
-              "on": "audit emitted + stored by our ARR on the same 2 CPUs"}
-    for mode in ("off", "emit", "nofsync", "on"):
-        runs = results[mode]
-        lat = [x for r in runs for x in r.latencies]
-        lat.sort()
-        mean = 1000 * sum(lat) / len(lat)
-        means[mode] = mean
-        p50 = 1000 * lat[len(lat) // 2]
-        p99 = 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-        rate = len(lat) / sum(r.seconds for r in runs)
-        print(f"| {labels[mode]} | {len(lat):,} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {mean:.2f} |")
-    for mode in ("emit", "nofsync", "on"):
-        print(f"\n{labels[mode]}: +{means[mode] - means['off']:.3f} ms mean "
-              f"({100 * (means[mode] - means['off']) / means['off']:.1f} %)")
+    print(f"\n### ATNA, {time.strftime('%Y-%m-%d %H:%M')} on {platform.node()} "
+          f"({os.cpu_count()} CPUs), {args.db}; load average at the end {_loads()}\n")
+    if tls_runs:
+        print("One mutual-TLS connection, octet-counted RFC 5424 frames of "
+              f"{tls_runs[0]['bytes']:,} bytes, until the ARR's counters say all are stored.\n")
+        print("| run | messages | seconds | stored msg/s | MB/s | load avg (1 min) before → after "
+              "| CPU µs/msg: receiver | ingest | PostgreSQL | client | rest of machine |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for i, t in enumerate(tls_runs, 1):
+            c = t["cpu_us"]
+            print(f"| {i} | {t['messages']:,} | {t['seconds']:.2f} | {t['rate']:,.0f} | "
+                  f"{t['mb_s']:.1f} | {t['load']:.1f} → {t['load_after']:.1f} | {c['receiver']:.0f} | "
+                  f"{c['ingest']:.0f} | {c['postgres']:.0f} | {c['client']:.0f} | {c['others']:.0f} |")
+    if udp:
+        print("\n| UDP offered/s | sent | received | stored | loss |")
+        print("|---|---|---|---|---|")
+        for u in udp:
+            print(f"| {u['rate']:,} | {u['sent']:,} | {u['received']:,} | {u['stored']:,} | "
+                  f"{100 * u['loss']:.1f} % |")
+    if results:
+        cpu, wall = in_request_cost_cpu()
+        print(f"\nIn process, auditing one ITI-18 (facts copied in the request thread, XML built "
+              f"and group-committed to the spool with fdatasync by the background thread): "
+              f"**{cpu:.0f} µs CPU** (all threads), {wall:.0f} µs wall until flushed.\n")
+        print("| ITI-18 FindDocuments, 1 client | requests | per second | p50 ms | p99 ms | mean ms "
+              "| server CPU ms/req | PostgreSQL CPU ms/req | rest of machine % | load avg |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        summary = {}
+        for mode, label in MODES.items():
+            runs = results[mode]
+            lat = sorted(x for r in runs for x in r.latencies)
+            mean = 1000 * sum(lat) / len(lat)
+            srv_ms = sum(r.cpu_ms_per_request("server") * r.count for r in runs) / len(lat)
+            pg_ms = sum(r.cpu_ms_per_request("postgres") * r.count for r in runs) / len(lat) if pg_pid else 0.0
+            foreign = max(r.cpu.get("foreign", 0.0) for r in runs)
+            summary[mode] = (mean, srv_ms, pg_ms)
+            p50 = 1000 * lat[len(lat) // 2]
+            p99 = 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+            rate = len(lat) / sum(r.seconds for r in runs)
+            loads = "/".join(f"{r.load:.1f}" for r in runs)
+            print(f"| {label} | {len(lat):,} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {mean:.2f} | "
+                  f"{srv_ms:.2f} | {pg_ms:.2f} | ≤{foreign:.0f} | {loads} |")
+        base_mean, base_srv, base_pg = summary["off"]
+        print()
+        for mode in ("emit-udp", "emit-tls", "self"):
+            mean, srv_ms, pg_ms = summary[mode]
+            print(f"- {MODES[mode]}: latency +{mean - base_mean:.3f} ms mean "
+                  f"({100 * (mean - base_mean) / base_mean:+.1f} %); CPU +{srv_ms - base_srv:.3f} ms "
+                  f"server + {pg_ms - base_pg:.3f} ms PostgreSQL per request "
+                  f"({100 * (srv_ms + pg_ms - base_srv - base_pg) / (base_srv + base_pg):+.1f} % of "
+                  f"the request's CPU)")
+    print(f"\n(whole run {time.monotonic() - started:.0f} s)")
     return 0
 
 
