@@ -214,10 +214,14 @@ def in_request_cost(n: int = 5000) -> float:
     return cost
 
 
-def ingest_breakdown(n: int = 3000) -> list[tuple[str, float]]:
+def ingest_breakdown(n: int = 3000, pg: bool = True) -> list[tuple[str, str]]:
     """CPU µs per message (``time.process_time``) of each step of the ARR's ingest path,
-    in process, storing into a throwaway SQLite database (``--breakdown``)."""
-    from atna.message import parse_audit, schema_errors
+    in process: the receiver's steps, the hand-over, then the ingest process's steps,
+    storing into a throwaway SQLite database and (``pg``) a throwaway durable PostgreSQL,
+    whose backend CPU is read from /proc (``--breakdown``)."""
+    import pickle
+
+    from atna.message import read_index, schema_errors
     from atna.store import Received, _keys, _row, store_batch
     from atna.syslog import StreamFramer, parse_rfc5424
     from opendmp.db import make_engine, migrate
@@ -227,28 +231,54 @@ def ingest_breakdown(n: int = 3000) -> list[tuple[str, float]]:
                     for i in range(n))
     out = []
 
-    def step(label, fn):
+    def step(label, fn, where="receiver"):
         t0 = time.process_time()
         result = fn()
-        out.append((label, (time.process_time() - t0) / n * 1e6))
+        out.append((where, label, f"{(time.process_time() - t0) / n * 1e6:.1f}"))
         return result
 
     frames = step("RFC 5425 framing", lambda: list(StreamFramer(1 << 20).feed(data)))
     msgs = step("RFC 5424 header", lambda: [parse_rfc5424(f.data).msg for f in frames])
-    roots = step("XML parse", lambda: [parse_xml(m) for m in msgs])
+    items = [("tls", "CN=bench", None, None, m) for m in msgs]
+    blobs = step("hand-over: pickle 500-message batches",
+                 lambda: [pickle.dumps(("batch", 1, items[i:i + 500]), pickle.HIGHEST_PROTOCOL)
+                          for i in range(0, n, 500)])
+    step("hand-over: unpickle", lambda: [pickle.loads(b) for b in blobs], "ingest")
+    roots = step("XML parse (soapstack.xml.parse_xml)", lambda: [parse_xml(m) for m in msgs], "ingest")
     schema_errors(roots[0])  # load the schema outside the measure
-    step("DICOM XSD validation", lambda: [schema_errors(r) for r in roots])
-    records = step("parse_audit (parse + validate + typed record)",
-                   lambda: [parse_audit(m) for m in msgs])
-    step("search keys + row", lambda: [(_keys(r), _row(Received(r, "tls"))) for r in records])
+    step("DICOM XSD validation", lambda: [schema_errors(r) for r in roots], "ingest")
+    indexes = step("read_index (parse + validation + indexed fields)",
+                   lambda: [read_index(m) for m in msgs], "ingest")
+    step("search keys + row", lambda: [(_keys(r), _row(Received(r, "tls"))) for r in indexes],
+         "ingest")
+    received = [Received(r, "tls", "bench", None, None, 1) for r in indexes]
     work = Path(tempfile.mkdtemp(prefix="opendmp-bench-atna-store-"))
     url = f"sqlite:///{work / 'a.sqlite3'}"
     migrate(url)
     engine = make_engine(url)
-    items = [Received(r, "tls", "bench", "o", i, 1) for i, r in enumerate(records)]
     step("store_batch, SQLite, 500 per transaction",
-         lambda: [store_batch(engine, items[i:i + 500]) for i in range(0, n, 500)])
+         lambda: [store_batch(engine, received[i:i + 500]) for i in range(0, n, 500)], "ingest")
     engine.dispose()
+    if pg:
+        cluster = BenchCluster()
+        cluster.start()
+        try:
+            url = cluster.create_database("atna_breakdown")
+            migrate(url)
+            engine = make_engine(url)
+            with engine.connect() as conn:
+                backend = conn.connection.driver_connection.info.backend_pid
+            store_batch(engine, received[:500])  # warm the connection and the catalog
+            b0 = C._proc_stat(backend)[2]
+            step("store_batch, PostgreSQL COPY, 500 per transaction (client side)",
+                 lambda: [store_batch(engine, received[i:i + 500]) for i in range(0, n, 500)],
+                 "ingest")
+            b1 = C._proc_stat(backend)[2]
+            out.append(("PostgreSQL", "its backend for the same (fsync on)",
+                        f"{(b1 - b0) / C._TICK / n * 1e6:.0f}"))
+            engine.dispose()
+        finally:
+            cluster.stop()
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -322,9 +352,10 @@ def main(argv=None) -> int:
     phases = set(args.phases.split(","))
     started = time.monotonic()
     if args.breakdown:
-        print(f"load average {_loads()}\n\n| step | CPU µs / message |\n|---|---|")
-        for label, us in ingest_breakdown():
-            print(f"| {label} | {us:.1f} |")
+        rows = ingest_breakdown(pg=args.db == "pg")
+        print(f"load average {_loads()}\n\n| process | step | CPU µs / message |\n|---|---|---|")
+        for where, label, us in rows:
+            print(f"| {where} | {label} | {us} |")
         cpu, wall = in_request_cost_cpu()
         print(f"| auditing one ITI-18 in process: CPU (all threads) / wall | {cpu:.1f} / {wall:.1f} |")
         return 0
