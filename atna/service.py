@@ -115,7 +115,8 @@ def wsgi_parts(settings, engine, endpoints: list, repository=None) -> tuple[list
 
     audit = AuditSettings.from_env(settings.env)
     auditor = Auditor(audit, settings.home, sync=settings.env.get("OPENDMP_AUDIT_SYNC") == "1",
-                      fsync=settings.env.get("OPENDMP_AUDIT_FSYNC", "1") != "0")
+                      fsync=settings.env.get("OPENDMP_AUDIT_FSYNC", "1") != "0",
+                      group_seconds=int(settings.env.get("OPENDMP_AUDIT_GROUP_MS", 10)) / 1000)
     if repository is not None and getattr(repository.settings, "registry_url", None) and auditor.enabled:
         repository.registry = AuditedRegistryGateway(repository.registry,
                                                      repository.settings.registry_url, auditor)
