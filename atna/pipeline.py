@@ -5,14 +5,15 @@ a batch leaves when it holds ``batch_max`` messages or ``window`` seconds after 
 message, whichever comes first. At most ``inflight`` batches are with the ingest process
 (sent, not yet committed) and one more waits to be sent: past that, :meth:`put` waits —
 the TLS connection is not read any more and TCP flow control pushes back on the sender —
-and :meth:`offer` refuses (UDP datagrams are dropped and counted: RFC 5426 §3.3 has no
-flow control).
+and :meth:`offer` lets the current batch grow to ``overflow_max`` messages, then refuses
+(UDP datagrams are dropped and counted: RFC 5426 has no flow control).
 
 Durability (README "Audit Record Repository"): a message is durable once its batch is
 committed. Until then it exists only in this process and the ingest process. What a crash
-of the ARR can lose is therefore bounded: at most ``(inflight + 2) * batch_max`` messages,
-received within the last ``window`` seconds plus the time the ingest process needs for
-the batches ahead of them. If only the ingest process dies, nothing is lost: the batches
+of the ARR can lose is therefore bounded: at most ``(inflight + 2) * batch_max`` messages
+from TLS connections (``overflow_max`` more when UDP bursts are being absorbed), received
+within the last ``window`` seconds plus the time the ingest process needs for the batches
+ahead of them. If only the ingest process dies, nothing is lost: the batches
 it had not acknowledged are kept here and sent again to a new ingest process (a batch
 committed just before the crash is then stored twice, except the messages from an
 OpenDMP spool, which carry their origin and sequence number and are stored once).
@@ -36,17 +37,20 @@ BATCH_MAX = 500
 #: seconds a batch waits for more messages before it is handed over
 BATCH_WINDOW = 0.05
 INFLIGHT = 2
+#: messages a batch may hold when it cannot leave (UDP has no flow control: absorb bursts)
+OVERFLOW_MAX = 8 * BATCH_MAX
 
 
 class IngestPipeline:
     def __init__(self, database_url: str, on_counters: Callable[[dict], None],
                  batch_max: int = BATCH_MAX, window: float = BATCH_WINDOW,
-                 inflight: int = INFLIGHT) -> None:
+                 inflight: int = INFLIGHT, overflow_max: int = OVERFLOW_MAX) -> None:
         self.database_url = database_url
         self.on_counters = on_counters
         self.batch_max = batch_max
         self.window = window
         self.inflight = inflight
+        self.overflow_max = max(overflow_max, batch_max)
         self.pending: list[tuple] = []
         self.unacked: dict[int, list[tuple]] = {}
         self.worker_pid: int | None = None
@@ -67,12 +71,15 @@ class IngestPipeline:
             await self._batches.put(batch)
 
     def offer(self, item: tuple) -> bool:
-        """Queue a message without waiting; False when the pipeline is full."""
+        """Queue a message without waiting (UDP, local alerts): when the pipeline is full
+        the current batch grows up to ``overflow_max`` messages (a burst is absorbed, the
+        batch goes as one transaction); past that, False (the caller counts a drop)."""
         if len(self.pending) >= self.batch_max:
-            if self._batches.full():
+            if not self._batches.full():
+                batch, self.pending = self.pending, []
+                self._batches.put_nowait(batch)
+            elif len(self.pending) >= self.overflow_max:
                 return False
-            batch, self.pending = self.pending, []
-            self._batches.put_nowait(batch)
         self._append(item)
         return True
 
