@@ -176,15 +176,22 @@ class Auditor:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            if self.group_seconds > 0:
-                time.sleep(self.group_seconds)
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
+            batch = [self._queue.get()]  # idle: blocks until a transaction submits
+            while True:
+                # busy: wake on the timer only, so that submitting does not wake this
+                # thread (no GIL hand-over per transaction), and write each group with
+                # one fdatasync
+                if self.group_seconds > 0:
+                    time.sleep(self.group_seconds)
+                while len(batch) < 1000:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if not batch:
                     break
-            self._write(batch)
+                self._write(batch)
+                batch = []
 
     def _write(self, batch: list) -> None:
         payloads, waiters = [], []
