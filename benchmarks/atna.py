@@ -450,6 +450,7 @@ def main(argv=None) -> int:
             for _ in range(args.rounds):
                 for mode in ("off", "emit-udp", "emit-tls", "self"):
                     srv.restart(env={"OPENDMP_AUDIT_REPOSITORIES": repositories[mode]})
+                    time.sleep(1.5)  # the ARR's ingest process and the sender start
                     log(f"ITI-18 FindDocuments, {mode} (load {_loads()})")
                     r = iti18_latency(srv, patients, args.seconds, pg_pid)
                     r.load = os.getloadavg()[0]
