@@ -215,8 +215,9 @@ class AuditRecordRepository:
         last_log = 0.0
         while True:
             await asyncio.sleep(STATS_INTERVAL)
-            if self.stats() != last:
-                last = self.stats()
+            now = (self.stats(), self.pipeline.worker_pid if self.pipeline else None)
+            if now != last:
+                last = now
                 current = self._write_stats()
                 if time.monotonic() - last_log > 10:
                     log.info("ATNA counters: %s", {k: v for k, v in current.items()

@@ -179,7 +179,7 @@ def udp_ingest(srv: ServerProcess, rate: int, seconds: float = 3.0) -> dict:
     stored = after.get("stored", 0) - base.get("stored", 0)
     received = after.get("received", 0) - base.get("received", 0)
     return {"rate": rate, "sent": sent, "received": received, "stored": stored,
-            "loss": 1 - stored / sent if sent else 0.0}
+            "loss": 1 - stored / sent if sent else 0.0, "load": os.getloadavg()[0]}
 
 
 def _group_ticks(pgid: int) -> dict[int, int]:
@@ -480,11 +480,11 @@ def main(argv=None) -> int:
                   f"{t['mb_s']:.1f} | {t['load']:.1f} → {t['load_after']:.1f} | {c['receiver']:.0f} | "
                   f"{c['ingest']:.0f} | {c['postgres']:.0f} | {c['client']:.0f} | {c['others']:.0f} |")
     if udp:
-        print("\n| UDP offered/s | sent | received | stored | loss |")
-        print("|---|---|---|---|---|")
+        print("\n| UDP offered/s | sent | received | stored | loss | load avg (1 min) |")
+        print("|---|---|---|---|---|---|")
         for u in udp:
             print(f"| {u['rate']:,} | {u['sent']:,} | {u['received']:,} | {u['stored']:,} | "
-                  f"{100 * u['loss']:.1f} % |")
+                  f"{100 * u['loss']:.1f} % | {u['load']:.1f} |")
     if results:
         e = emission_cost()
         added = e["process_audited"] - e["process_plain"]
