@@ -255,6 +255,7 @@ class AuditRecordRepository:
                 pass
             self.bound["udp"] = transport.get_extra_info("sockname")[1]
             log.info("ATNA ARR: syslog over UDP (RFC 5426) on %s:%s", self.host, self.bound["udp"])
+        self._write_stats()  # ports and pids, before the first message
         if ready is not None:
             ready.set()
         await self._stats_writer()

@@ -401,8 +401,8 @@ def test_a_killed_ingest_process_is_replaced_and_loses_nothing(arr, pki_dir):
         ds.source_id = marker
         return octet_frame(format_rfc5424(ev.build(ds), hostname="lab"))
 
+    old = wait_for(lambda: stats(arr).get("ingest_pid"), what="the ARR's counters")
     before = stats(arr)
-    old = before["ingest_pid"]
     os.kill(old, signal.SIGSTOP)  # it reads no batch any more: they stay unacknowledged
     try:
         send_tls(arr, pki_dir, b"".join(message(p) for p in patients))
@@ -433,8 +433,8 @@ def test_a_stalled_ingest_pushes_back_on_the_tls_sender(arr, pki_dir):
     ds.source_id = marker
     frame = octet_frame(format_rfc5424(ev.build(ds), hostname="lab"))
     n = 8 * (INFLIGHT + 2) * BATCH_MAX
+    pid = wait_for(lambda: stats(arr).get("ingest_pid"), what="the ARR's counters")
     before = stats(arr)
-    pid = before["ingest_pid"]
     os.kill(pid, signal.SIGSTOP)
     sender = threading.Thread(target=send_tls, args=(arr, pki_dir, frame * n))
     try:
