@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from sqlalchemy import Engine
 
 from .message import NotAnAuditMessage, read_index
+from .ratelimit import RateLimitedLog
 from .store import Received, store_batch
 
 log = logging.getLogger("opendmp.atna.ingest")
@@ -68,21 +69,6 @@ def process_batch(engine: Engine, items: list[Item], warn=log.warning) -> Counte
     return counters
 
 
-class _RateLimitedWarning:
-    def __init__(self, per_minute: int = 30) -> None:
-        self.per_minute, self.window, self.count = per_minute, 0, 0
-
-    def __call__(self, fmt: str, *args) -> None:
-        now = int(time.monotonic() // 60)
-        if now != self.window:
-            self.window, self.count = now, 0
-        self.count += 1
-        if self.count <= self.per_minute:
-            log.warning(fmt, *args)
-        elif self.count == self.per_minute + 1:
-            log.warning("(more warnings this minute suppressed; see the counters)")
-
-
 def serve(inbox: Connection, outbox: Connection) -> None:
     """Process batches until the receiver closes its end of ``inbox``."""
     from opendmp.db import make_engine
@@ -90,7 +76,7 @@ def serve(inbox: Connection, outbox: Connection) -> None:
     kind, config = pickle.loads(inbox.recv_bytes())
     assert kind == "config"
     engine = make_engine(config["database_url"])
-    warn = _RateLimitedWarning()
+    warn = RateLimitedLog(log).warning
     outbox.send_bytes(pickle.dumps(("ready", os.getpid())))
     try:
         while True:

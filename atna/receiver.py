@@ -41,6 +41,7 @@ from . import events as ev
 from .nodeauth import is_refusal
 from .pki import subject_of
 from .pipeline import IngestPipeline
+from .ratelimit import RateLimitedLog
 from .syslog import FramingError, StreamFramer, SyslogError, parse_rfc5424
 
 log = logging.getLogger("opendmp.atna.arr")
@@ -51,23 +52,6 @@ UDP_RCVBUF = 16 * 1024 * 1024
 STATS_INTERVAL = 0.2
 HANDSHAKE_TIMEOUT = 10.0
 ALERTS_PER_SECOND = 20
-
-
-class _RateLimitedLog:
-    def __init__(self, per_minute: int = 30) -> None:
-        self.per_minute = per_minute
-        self.window = 0
-        self.count = 0
-
-    def warning(self, fmt: str, *args) -> None:
-        now = int(time.monotonic() // 60)
-        if now != self.window:
-            self.window, self.count = now, 0
-        self.count += 1
-        if self.count <= self.per_minute:
-            log.warning(fmt, *args)
-        elif self.count == self.per_minute + 1:
-            log.warning("(more warnings this minute suppressed; see the counters)")
 
 
 class AuditRecordRepository:
@@ -87,7 +71,7 @@ class AuditRecordRepository:
         self.reporter = reporter
         self.counters: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._warn = _RateLimitedLog()
+        self._warn = RateLimitedLog(log)
         self._alerts_window = (0, 0)
         self.pipeline: IngestPipeline | None = None
         #: bound ports (useful when 0 = any was asked)
