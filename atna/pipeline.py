@@ -213,15 +213,19 @@ class IngestPipeline:
     def _worker_gone(self, gen: int) -> None:
         if self._closing or gen != self._gen:
             return
-        log.error("ATNA: ingest process %s exited (%s); starting another, re-sending %d batches",
-                  self.worker_pid, self._proc.poll() if self._proc else None, len(self.unacked))
-        self.on_counters({"ingest_restarts": 1})
         self._tasks.append(asyncio.create_task(self._restart(gen)))
 
     async def _restart(self, gen: int) -> None:
+        """Replace the ingest process of generation ``gen`` (found dead by a failed send
+        or by the end of its answers, whichever comes first) and re-send what it had not
+        committed."""
         delay = 0.5
         async with self._lock:
             while gen == self._gen and not self._closing:
+                log.error("ATNA: ingest process %s is gone (exit status %s); starting another, "
+                          "re-sending %d batches", self.worker_pid,
+                          self._proc.poll() if self._proc else None, len(self.unacked))
+                self.on_counters({"ingest_restarts": 1})
                 await self._stop_worker()
                 await self._spawn()
                 gen = self._gen
