@@ -22,7 +22,6 @@ import logging
 import os
 import struct
 import threading
-import time
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -171,10 +170,6 @@ class SpoolReader:
         directory.mkdir(parents=True, exist_ok=True)
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in destination)
         self.ack_path = directory / f"ack-{safe}"
-        #: the open segment being read (a sender polls it: one open per segment, not per read)
-        self._fh = None
-        self._fh_segment: int | None = None
-        self._listed = 0.0
 
     def acked(self) -> tuple[int, int]:
         try:
@@ -196,27 +191,29 @@ class SpoolReader:
                       max_bytes: int) -> tuple[int, bool]:
         """Append to ``out`` the complete records of ``segment`` from ``offset``; returns the
         offset reached and whether a bad (incomplete or corrupt) record stopped the read."""
-        fh = self._open(segment)
-        if fh is None:
+        try:
+            fh = open(self.directory / _seg_name(segment), "rb")
+        except FileNotFoundError:
             return offset, False
         total = sum(len(r.payload) for r in out)
-        fh.seek(offset)
-        while len(out) < limit and total < max_bytes:
-            head = fh.read(HEADER.size)
-            if not head:
-                return offset, False
-            if len(head) < HEADER.size:
-                return offset, True
-            length, crc = HEADER.unpack(head)
-            if length > MAX_RECORD:
-                return offset, True
-            payload = fh.read(length)
-            if len(payload) < length or zlib.crc32(payload) != crc:
-                return offset, True
-            nxt = offset + HEADER.size + length
-            out.append(Record(segment, offset, segment, nxt, payload))
-            total += length
-            offset = nxt
+        with fh:
+            fh.seek(offset)
+            while len(out) < limit and total < max_bytes:
+                head = fh.read(HEADER.size)
+                if not head:
+                    return offset, False
+                if len(head) < HEADER.size:
+                    return offset, True
+                length, crc = HEADER.unpack(head)
+                if length > MAX_RECORD:
+                    return offset, True
+                payload = fh.read(length)
+                if len(payload) < length or zlib.crc32(payload) != crc:
+                    return offset, True
+                nxt = offset + HEADER.size + length
+                out.append(Record(segment, offset, segment, nxt, payload))
+                total += length
+                offset = nxt
         return offset, False
 
     def read(self, segment: int, offset: int, max_records: int = 1000,
@@ -231,7 +228,7 @@ class SpoolReader:
             offset, bad = self._read_segment(segment, offset, out, max_records, max_bytes)
             if full():
                 return out
-            later = self._later_segments(segment)
+            later = [s for s in _segments(self.directory) if s > segment]
             if not later:
                 return out  # the newest segment: an incomplete record is still being written
             # a later segment exists, so no writer appends here any more: read what is left
@@ -242,31 +239,6 @@ class SpoolReader:
                 log.error("spool segment %s: torn record at offset %s skipped", segment, offset)
             segment, offset = later[0], 0
         return out
-
-    def _open(self, segment: int):
-        if self._fh_segment != segment:
-            self.close()
-            try:
-                self._fh = open(self.directory / _seg_name(segment), "rb")
-            except FileNotFoundError:
-                return None
-            self._fh_segment = segment
-        return self._fh
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-        self._fh, self._fh_segment = None, None
-
-    def _later_segments(self, segment: int) -> list[int]:
-        """Segments after ``segment``. Writers create them in sequence (the newest + 1), so
-        one ``stat`` of the next name answers a poll; the directory is listed when it
-        exists, and at least every second in case of a gap."""
-        now = time.monotonic()
-        if now - self._listed < 1.0 and not (self.directory / _seg_name(segment + 1)).exists():
-            return []
-        self._listed = now
-        return [s for s in _segments(self.directory) if s > segment]
 
     def pending_segments_before(self, segment: int) -> list[Path]:
         return [self.directory / _seg_name(s) for s in _segments(self.directory) if s < segment]
