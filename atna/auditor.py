@@ -12,7 +12,15 @@ Configuration (environment):
 ``OPENDMP_AUDIT_SOURCE_ID``     AuditSourceID (default ``OpenDMP@<hostname>``)
 ``OPENDMP_AUDIT_SITE_ID``       AuditEnterpriseSiteID (default none)
 ``OPENDMP_AUDIT_SYNC``          ``1``: a transaction waits until its audit message is fsync'd
-                                (default: group commit by a background thread, within ms)
+                                (default: group commit by a background thread, see below)
+``OPENDMP_AUDIT_GROUP_MS``      how long the background thread gathers audit messages before
+                                one fdatasync for all of them (default 10 ms; 0: none)
+
+Durability of an emitted message (default): the transaction answers first; its audit
+message is in the spool, fdatasync'd, at most ``OPENDMP_AUDIT_GROUP_MS`` plus one
+fdatasync later. A crash of the process in that window loses the audit messages of the
+transactions it answered in the window; ``OPENDMP_AUDIT_SYNC=1`` closes it (a transaction
+then waits for its own fdatasync, ~0.1-0.3 ms of latency and ~65 µs of CPU each).
 """
 from __future__ import annotations
 
@@ -111,8 +119,10 @@ class Auditor:
     """
 
     def __init__(self, settings: AuditSettings, home: Path, sync: bool = False,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, group_seconds: float = 0.01) -> None:
         self.settings = settings
+        #: gather for this long before writing a group (one fdatasync, one wake-up for all)
+        self.group_seconds = group_seconds
         self.enabled = bool(settings.destinations)
         self.spool = Spool(spool_dir(home), fsync=fsync) if self.enabled else None
         self.sync = sync
@@ -166,13 +176,22 @@ class Auditor:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < 1000:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
+            batch = [self._queue.get()]  # idle: blocks until a transaction submits
+            while True:
+                # busy: wake on the timer only, so that submitting does not wake this
+                # thread (no GIL hand-over per transaction), and write each group with
+                # one fdatasync
+                if self.group_seconds > 0:
+                    time.sleep(self.group_seconds)
+                while len(batch) < 1000:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                if not batch:
                     break
-            self._write(batch)
+                self._write(batch)
+                batch = []
 
     def _write(self, batch: list) -> None:
         payloads, waiters = [], []

@@ -32,6 +32,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 
 OUTCOME_SUCCESS, OUTCOME_MINOR, OUTCOME_SERIOUS, OUTCOME_MAJOR = 0, 4, 8, 12
 
@@ -119,8 +120,15 @@ def _is_ip(value: str) -> bool:
 _INVALID_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
+#: what _attr must change (characters XML forbids or that need escaping in an attribute)
+_ATTR_SPECIAL = re.compile('[\x00-\x1f&<>"\ufffe\uffff]')
+
+
 def _attr(value: str) -> str:
-    """An XML attribute value, quoted (string building: this runs for every transaction)."""
+    """An XML attribute value, quoted (string building: this runs for every transaction;
+    most values need no escaping, which one regex search tells)."""
+    if _ATTR_SPECIAL.search(value) is None:
+        return '"' + value + '"'
     value = _INVALID_XML.sub("", value)
     return ('"' + value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             .replace('"', "&quot;").replace("\t", "&#9;").replace("\n", "&#10;")
@@ -132,8 +140,18 @@ def _text(value: str) -> str:
 
 
 def _coded(tag: str, code: tuple[str, str, str]) -> str:
+    try:  # mostly the same few codes (EventID, roles, types) every time
+        return _coded_cached(tag, code)
+    except TypeError:  # a code given as a list: not hashable
+        return _coded_element(tag, code)
+
+
+def _coded_element(tag: str, code: tuple[str, str, str]) -> str:
     return (f"<{tag} csd-code={_attr(code[0])} codeSystemName={_attr(code[1])} "
             f"originalText={_attr(code[2])}/>")
+
+
+_coded_cached = lru_cache(maxsize=1024)(_coded_element)
 
 
 def _b64(value: str | bytes) -> str:

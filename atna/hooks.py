@@ -73,18 +73,25 @@ def submission_facts(payload: etree._Element) -> tuple[str | None, str | None]:
 
 def query_facts(payload: etree._Element) -> tuple[str, str | None, str | None]:
     """(stored query id, patient id, homeCommunityId) of an AdhocQueryRequest."""
-    adhoc = payload.find(f"{{{RIM}}}AdhocQuery")
+    # iterchildren's tag filter runs in C; ElementPath (find/findall) in Python
+    adhoc = next(payload.iterchildren(_ADHOC_QUERY), None)
     if adhoc is None:
         return "", None, None
     patient = None
-    for slot in adhoc.findall(f"{{{RIM}}}Slot"):
+    for slot in adhoc.iterchildren(_SLOT):
         if slot.get("name") in PATIENT_PARAMS:
-            value = slot.findtext(f"{{{RIM}}}ValueList/{{{RIM}}}Value") or ""
+            value_list = next(slot.iterchildren(_VALUE_LIST), None)
+            first = next(value_list.iterchildren(_VALUE), None) if value_list is not None else None
+            value = (first.text if first is not None else None) or ""
             value = value.strip().strip("()").strip().strip("'")
             if value:
                 patient = value
                 break
     return adhoc.get("id") or "", patient, adhoc.get("home")
+
+
+_ADHOC_QUERY, _SLOT = f"{{{RIM}}}AdhocQuery", f"{{{RIM}}}Slot"
+_VALUE_LIST, _VALUE = f"{{{RIM}}}ValueList", f"{{{RIM}}}Value"
 
 
 def retrieve_facts(payload: etree._Element) -> list[tuple[str, str, str | None]]:
@@ -101,27 +108,37 @@ def _body_bytes(response: SoapResponse) -> bytes | None:
 
 
 #: (request, exchange, outcome, description, response body) -> a function building the
-#: dataset(s). The strategy copies what it needs from the request in the request's thread;
-#: the returned function runs later, in the auditor's background thread.
+#: dataset(s), which runs later in the auditor's background thread. The request's parsed
+#: payload is only read there, never changed (lxml allows reading a tree from another
+#: thread once its owner is done with it: the handler has returned), so the facts are
+#: read off the request thread.
 Strategy = Callable[..., Callable[[], ev.AuditDataset | list[ev.AuditDataset]]]
 
 
 def _iti18(request: SoapRequest, x: ev.Exchange, outcome: int, text: str | None, body=None):
-    query_id, patient, home = query_facts(request.payload)
-    body = etree.tostring(request.payload, encoding="UTF-8")
-    return lambda: ev.iti18_registry(x, outcome, body, query_id, patient, home, text)
+    payload = request.payload
+
+    def build():
+        query_id, patient, home = query_facts(payload)
+        return ev.iti18_registry(x, outcome, etree.tostring(payload, encoding="UTF-8"),
+                                 query_id, patient, home, text)
+    return build
 
 
 def _import(tx: str) -> Strategy:
     def strategy(request, x, outcome, text, body=None):
-        patient, unique = submission_facts(request.payload)
-        return lambda: ev.import_event(tx, x, outcome, patient, unique, text)
+        payload = request.payload
+
+        def build():
+            patient, unique = submission_facts(payload)
+            return ev.import_event(tx, x, outcome, patient, unique, text)
+        return build
     return strategy
 
 
 def _iti43(request, x, outcome, text, body=None):
-    documents = retrieve_facts(request.payload)
-    return lambda: ev.iti43_repository(x, outcome, documents, text)
+    payload = request.payload
+    return lambda: ev.iti43_repository(x, outcome, retrieve_facts(payload), text)
 
 
 STRATEGIES: dict[str, Strategy] = {

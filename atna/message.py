@@ -164,16 +164,131 @@ def _codes(el: etree._Element, name: str) -> tuple[Code, ...]:
     return tuple(c for c in map(_code, el.iterchildren("{*}" + name)) if c)
 
 
-def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
-    """Read an audit message; raises :class:`NotAnAuditMessage` for anything else.
-
-    One pass over the root's children (this runs for every message the ARR receives)."""
+def _audit_root(data: bytes) -> etree._Element:
     try:
         root = parse_xml(data)
     except XmlRejected as exc:
         raise NotAnAuditMessage(str(exc)) from None
     if _local(root.tag) != "AuditMessage":
         raise NotAnAuditMessage(f"root element is {_local(root.tag)}, not AuditMessage")
+    return root
+
+
+def _event_time(ei: etree._Element) -> int:
+    try:
+        return parse_time(ei.get("EventDateTime"))
+    except ValueError as exc:
+        raise NotAnAuditMessage(f"EventDateTime: {exc}") from None
+
+
+def _outcome(ei: etree._Element) -> int:
+    try:
+        return int(ei.get("EventOutcomeIndicator") or 0)
+    except ValueError:
+        return -1
+
+
+@dataclass(slots=True)
+class AuditIndex:
+    """What the repository indexes of one audit message (:mod:`atna.store`), read at ingest
+    by :func:`read_index`; equal to what the same fields of :func:`parse_audit`'s record
+    give (the full record is rebuilt from the stored XML when a query returns it)."""
+
+    event_id: str
+    action: str | None
+    outcome: int
+    event_time: int
+    event_types: list[str]
+    source_id: str | None
+    user_ids: list[str]
+    network_access_points: list[str]
+    patient_ids: list[str]
+    document_ids: list[str]
+    submission_set_ids: list[str]
+    xml: bytes
+    schema_errors: list[str]
+
+    @property
+    def valid(self) -> bool:
+        return not self.schema_errors
+
+
+def _code_value(el: etree._Element) -> str:
+    return el.get("csd-code") or el.get("code") or (el.text or "").strip()
+
+
+def read_index(data: bytes, validate: bool = True) -> AuditIndex:
+    """The indexed fields of an audit message, accepting and refusing exactly what
+    :func:`parse_audit` does (:class:`NotAnAuditMessage`), without building the typed
+    record: one pass over the root's children reading attributes only. This runs for
+    every message the ARR receives (ITI TF-2a §3.20.4.1.3), so it is kept lean; a test
+    checks it against :func:`parse_audit` on the corpus."""
+    root = _audit_root(data)
+    ei = src = None
+    users: list[str] = []
+    naps: list[str] = []
+    patients: list[str] = []
+    documents: list[str] = []
+    sets: list[str] = []
+    for child in root:
+        tag = child.tag
+        if not isinstance(tag, str):  # comments, processing instructions
+            continue
+        if tag[0] == "{":
+            tag = tag.rpartition("}")[2]
+        if tag == "ActiveParticipant":
+            get = child.get
+            users.append(get("UserID") or "")
+            alt = get("AlternativeUserID")
+            if alt:
+                users.append(alt)
+            nap = get("NetworkAccessPointID")
+            if nap:
+                naps.append(nap)
+        elif tag == "ParticipantObjectIdentification":
+            get = child.get
+            object_id = get("ParticipantObjectID") or ""
+            type_code = get("ParticipantObjectTypeCode")
+            role = get("ParticipantObjectTypeCodeRole")
+            if type_code == PO_PERSON and role == ROLE_PATIENT:
+                patients.append(object_id)
+            elif type_code == PO_SYSTEM and role == ROLE_REPORT:
+                documents.append(object_id)
+            if role == ROLE_JOB:
+                sets.append(object_id)
+            else:
+                id_type = None  # the last one, as parse_audit reads it
+                for id_type in child.iterchildren("{*}ParticipantObjectIDTypeCode"):
+                    pass
+                if id_type is not None and _code_value(id_type) == SUBMISSION_SET_CLASS:
+                    sets.append(object_id)
+        elif tag == "EventIdentification":
+            ei = child
+        elif tag == "AuditSourceIdentification":
+            src = child
+    if ei is None:
+        raise NotAnAuditMessage("AuditMessage without EventIdentification")
+    event_id = ""
+    for first in ei.iterchildren("{*}EventID"):
+        event_id = _code_value(first)
+        break
+    if not event_id:
+        raise NotAnAuditMessage("AuditMessage without EventID")
+    return AuditIndex(
+        event_id=event_id, action=ei.get("EventActionCode"), outcome=_outcome(ei),
+        event_time=_event_time(ei),
+        event_types=[_code_value(c) for c in ei.iterchildren("{*}EventTypeCode")],
+        source_id=src.get("AuditSourceID") if src is not None else None,
+        user_ids=users, network_access_points=naps, patient_ids=patients,
+        document_ids=documents, submission_set_ids=sets, xml=data,
+        schema_errors=schema_errors(root) if validate else [])
+
+
+def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
+    """Read an audit message; raises :class:`NotAnAuditMessage` for anything else.
+
+    One pass over the root's children."""
+    root = _audit_root(data)
 
     ei = src = None
     participants: list[Participant] = []
@@ -230,14 +345,8 @@ def parse_audit(data: bytes, validate: bool = True) -> AuditRecord:
             description = " ".join((sub.text or "").split())
     if not event_ids or not event_ids[0].code:
         raise NotAnAuditMessage("AuditMessage without EventID")
-    try:
-        event_time = parse_time(ei.get("EventDateTime"))
-    except ValueError as exc:
-        raise NotAnAuditMessage(f"EventDateTime: {exc}") from None
-    try:
-        outcome = int(ei.get("EventOutcomeIndicator") or 0)
-    except ValueError:
-        outcome = -1
+    event_time = _event_time(ei)
+    outcome = _outcome(ei)
 
     return AuditRecord(
         event_id=event_ids[0],

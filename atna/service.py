@@ -22,16 +22,14 @@ def stats_path(home: Path) -> Path:
 
 
 def run_arr(settings, audit: AuditSettings) -> None:
-    """Listener target: the ARR (TLS + UDP) until SIGTERM, then drain the queue."""
-    from opendmp.db import make_engine
-
+    """Listener target: the ARR (TLS + UDP) until SIGTERM, then store what it received."""
     from .receiver import AuditRecordRepository
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    engine = make_engine(settings.database_url)
     ctx = server_context(tls_files(settings.env, settings.home)) if audit.tls_port else None
-    arr = AuditRecordRepository(engine, ctx, audit.host, audit.tls_port, audit.udp_port,
-                                stats_path(settings.home), audit.max_frame, tcp_port=audit.tcp_port)
+    arr = AuditRecordRepository(settings.database_url, ctx, audit.host, audit.tls_port,
+                                audit.udp_port, stats_path(settings.home), audit.max_frame,
+                                tcp_port=audit.tcp_port)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -43,13 +41,9 @@ def run_arr(settings, audit: AuditSettings) -> None:
                                      return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
-        # drain what was received before stopping (the writer keeps running)
-        for _ in range(50):
-            if arr.queue is None or arr.queue.empty():
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.2)
         task.cancel()
+        # store what was received before stopping
+        await arr.stop(timeout=8)  # opendmp serve kills us after 10 s
 
     asyncio.run(main())
 
@@ -121,7 +115,8 @@ def wsgi_parts(settings, engine, endpoints: list, repository=None) -> tuple[list
 
     audit = AuditSettings.from_env(settings.env)
     auditor = Auditor(audit, settings.home, sync=settings.env.get("OPENDMP_AUDIT_SYNC") == "1",
-                      fsync=settings.env.get("OPENDMP_AUDIT_FSYNC", "1") != "0")
+                      fsync=settings.env.get("OPENDMP_AUDIT_FSYNC", "1") != "0",
+                      group_seconds=int(settings.env.get("OPENDMP_AUDIT_GROUP_MS", 10)) / 1000)
     if repository is not None and getattr(repository.settings, "registry_url", None) and auditor.enabled:
         repository.registry = AuditedRegistryGateway(repository.registry,
                                                      repository.settings.registry_url, auditor)

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from opendmp.db import write_transaction
 from opendmp.schema import audit_event, audit_key
 
-from .message import AuditRecord
+from .message import AuditIndex
 
 KEY_PATIENT, KEY_USER, KEY_DOCUMENT, KEY_SUBMISSION_SET, KEY_EVENT_TYPE, KEY_NAP = 1, 2, 3, 4, 5, 6
 MAX_KEY = 256
@@ -25,9 +25,9 @@ MAX_KEY = 256
 
 @dataclass
 class Received:
-    """A parsed audit record with the facts of its delivery."""
+    """The indexed fields of a received audit message with the facts of its delivery."""
 
-    record: AuditRecord
+    record: AuditIndex
     transport: str  # tls, udp, local
     peer: str | None = None
     origin: str | None = None
@@ -48,41 +48,34 @@ def patient_key(cx: str) -> str:
     return f"{parts[0]}^^^&{uid}&ISO" if uid else f"{parts[0]}^^^{ns}"
 
 
-def _keys(rec: AuditRecord) -> set[tuple[int, str]]:
-    keys: set[tuple[int, str]] = set()
-    for value in rec.patient_ids:
-        keys.add((KEY_PATIENT, patient_key(value)))
-    for value in rec.user_ids:
-        keys.add((KEY_USER, value))
-    for value in rec.document_ids:
-        keys.add((KEY_DOCUMENT, value))
-    for value in rec.submission_set_ids:
-        keys.add((KEY_SUBMISSION_SET, value))
-    for code in rec.event_types:
-        keys.add((KEY_EVENT_TYPE, code.code))
-    for p in rec.participants:
-        if p.network_access_point:
-            keys.add((KEY_NAP, p.network_access_point))
-    return {(k, v[:MAX_KEY]) for k, v in keys if v}
+def _keys(rec: AuditIndex) -> set[tuple[int, str]]:
+    keys = {(KEY_PATIENT, patient_key(v)[:MAX_KEY]) for v in rec.patient_ids}
+    keys.update((KEY_USER, v[:MAX_KEY]) for v in rec.user_ids)
+    keys.update((KEY_DOCUMENT, v[:MAX_KEY]) for v in rec.document_ids)
+    keys.update((KEY_SUBMISSION_SET, v[:MAX_KEY]) for v in rec.submission_set_ids)
+    keys.update((KEY_EVENT_TYPE, v[:MAX_KEY]) for v in rec.event_types)
+    keys.update((KEY_NAP, v[:MAX_KEY]) for v in rec.network_access_points)
+    return {k for k in keys if k[1]}
 
 
-def _row(item: Received) -> dict:
+def _row(item: Received) -> tuple:
+    """The ``audit_event`` columns of :data:`EVENT_COLUMNS`, in order."""
     rec = item.record
-    return {
-        "event_time": rec.event_time,
-        "received_at": item.received_at or int(time.time() * 1_000_000),
-        "event_id": rec.event_id.code[:64],
-        "event_action": (rec.action or None) and rec.action[:4],
-        "outcome": rec.outcome if 0 <= rec.outcome < 32768 else -1,
-        "event_type": rec.event_types[0].code[:64] if rec.event_types else None,
-        "source_id": (rec.source_id or None) and rec.source_id[:256],
-        "valid": 1 if rec.valid else 0,
-        "transport": item.transport,
-        "peer": (item.peer or None) and item.peer[:512],
-        "origin": item.origin,
-        "origin_seq": item.origin_seq,
-        "xml": rec.xml,
-    }
+    return (
+        rec.event_time,
+        item.received_at or int(time.time() * 1_000_000),
+        rec.event_id[:64],
+        (rec.action or None) and rec.action[:4],
+        rec.outcome if 0 <= rec.outcome < 32768 else -1,
+        rec.event_types[0][:64] if rec.event_types else None,
+        (rec.source_id or None) and rec.source_id[:256],
+        0 if rec.schema_errors else 1,
+        item.transport,
+        (item.peer or None) and item.peer[:512],
+        item.origin,
+        item.origin_seq,
+        rec.xml,
+    )
 
 
 def _without_duplicates(conn: Connection, items: list[Received]) -> list[Received]:
@@ -128,32 +121,42 @@ def insert_batch(conn: Connection, items: list[Received]) -> int:
     items = _without_duplicates(conn, items)
     if not items:
         return 0
-    rows = [_row(i) for i in items]
-    pks = _allocate_pks(conn, len(rows))
-    _executemany(conn, audit_event.name, ["pk", *EVENT_COLUMNS],
-                 [(pk, *(row[c] for c in EVENT_COLUMNS)) for pk, row in zip(pks, rows)])
+    pks = _allocate_pks(conn, len(items))
+    _executemany(conn, audit_event.name, EVENT_COLUMNS,
+                 [(pk, *_row(item)) for pk, item in zip(pks, items)])
     keys = [(pk, kind, value) for pk, item in zip(pks, items) for kind, value in _keys(item.record)]
     if keys:
-        _executemany(conn, audit_key.name, ["event_pk", "kind", "value"], keys)
+        _executemany(conn, audit_key.name, KEY_COLUMNS, keys)
     return len(items)
 
 
-EVENT_COLUMNS = ["event_time", "received_at", "event_id", "event_action", "outcome", "event_type",
-                 "source_id", "valid", "transport", "peer", "origin", "origin_seq", "xml"]
+#: (column, PostgreSQL type for binary COPY), in the order of ``(pk, *_row(item))``
+EVENT_COLUMNS = [("pk", "int8"), ("event_time", "int8"), ("received_at", "int8"),
+                 ("event_id", "text"), ("event_action", "text"), ("outcome", "int2"),
+                 ("event_type", "text"), ("source_id", "text"), ("valid", "int2"),
+                 ("transport", "text"), ("peer", "text"), ("origin", "text"),
+                 ("origin_seq", "int8"), ("xml", "bytea")]
+KEY_COLUMNS = [("event_pk", "int8"), ("kind", "int2"), ("value", "text")]
 
 
-def _executemany(conn: Connection, table: str, columns: list[str], rows: list[tuple]) -> None:
+def _executemany(conn: Connection, table: str, columns: list[tuple[str, str]],
+                 rows: list[tuple]) -> None:
     """A plain DB-API executemany: SQLAlchemy's per-row parameter processing costs more
     than the insert itself at thousands of rows per second."""
-    if conn.dialect.name == "postgresql":  # COPY: one round trip for the whole batch
+    names = ", ".join(name for name, _ in columns)
+    if conn.dialect.name == "postgresql":
+        # binary COPY: one round trip for the whole batch, and the XML travels as it is
+        # (text COPY would hex-escape it, doubling its size, and PostgreSQL decode it)
         dbapi = conn.connection.driver_connection
-        with dbapi.cursor() as cur, cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        with dbapi.cursor() as cur, \
+                cur.copy(f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([pg_type for _, pg_type in columns])
             for row in rows:
                 copy.write_row(row)
         return
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(columns)}) "
-                         f"VALUES ({', '.join([mark] * len(columns))})", rows)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({', '.join([mark] * len(columns))})",
+                         rows)
 
 
 def store_batch(engine: Engine, items: list[Received]) -> int:

@@ -15,6 +15,7 @@ the connection (RFC 5425 §4.3.1: a receiver may close on a frame it cannot hand
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -240,6 +241,7 @@ def format_rfc5424(msg: bytes, *, hostname: str, app_name: str = "opendmp", proc
     return header.encode("ascii", "replace") + msg
 
 
+@lru_cache(maxsize=256)  # the same few host/app/procid/msgid values on every message
 def _token(value: str | None) -> str:
     """RFC 5424 header fields are PRINTUSASCII without spaces, at most 255 octets."""
     if not value:

@@ -252,7 +252,8 @@ Index("uq_audit_event_origin", audit_event.c.origin, audit_event.c.origin_seq, u
 audit_key = Table(
     "audit_key",
     metadata,
-    Column("event_pk", PK, ForeignKey("audit_event.pk"), nullable=False),
+    #: audit_event.pk; no foreign key (written with its event by atna.store; migration 0006)
+    Column("event_pk", PK, nullable=False),
     #: see atna.store.KEY_*: 1 patient, 2 user, 3 document, 4 submission set, 5 event type,
     #: 6 network access point
     Column("kind", SmallInteger, nullable=False),

@@ -10,7 +10,7 @@ from corpus import cases, corpus_path
 from lxml import etree
 
 from atna import events as ev
-from atna.message import NotAnAuditMessage, parse_audit
+from atna.message import NotAnAuditMessage, parse_audit, read_index
 from atna.syslog import StreamFramer, parse_rfc5424
 
 AUDIT_XML_CASES = cases(lambda r: r["transaction"].startswith("ITI-20 audit record"))
@@ -124,3 +124,76 @@ def test_emitted_messages_stay_well_formed_and_valid_whatever_the_values(user, p
     clean = ev._INVALID_XML.sub("", user)
     assert record.participants[0].user_id == (clean or (ev.ANONYMOUS if not user else "unknown"))
     assert base64.b64decode([o for o in record.objects if o.role == "24"][0].query) == query
+
+
+# --- the ARR's ingest reads only the indexed fields (atna.message.read_index); they must be
+# exactly what the typed record says, and the same payloads must be refused.
+
+def _index_of(record) -> dict:
+    return {"event_id": record.event_id.code, "action": record.action, "outcome": record.outcome,
+            "event_time": record.event_time, "event_types": [c.code for c in record.event_types],
+            "source_id": record.source_id, "user_ids": record.user_ids,
+            "network_access_points": [p.network_access_point for p in record.participants
+                                      if p.network_access_point],
+            "patient_ids": record.patient_ids, "document_ids": record.document_ids,
+            "submission_set_ids": record.submission_set_ids, "schema_errors": record.schema_errors}
+
+
+def _read_index_as_dict(data: bytes) -> dict:
+    index = read_index(data)
+    assert index.xml is data
+    return {k: getattr(index, k) for k in _index_of(parse_audit(data))}
+
+
+TRICKY = [
+    # namespaced elements, a comment among the children, RFC 3881 codes, two EventTypeCodes,
+    # a submission set known by its class UUID only, a document, an offset time
+    b'<a:AuditMessage xmlns:a="urn:x"><!-- c --><a:EventIdentification EventActionCode="C" '
+    b'EventDateTime="2026-01-02T03:04:05.123456789+02:00" EventOutcomeIndicator="4">'
+    b'<a:EventID code="110107" displayName="Import"/><a:EventTypeCode code="ITI-42"/>'
+    b'<a:EventTypeCode code="X"/></a:EventIdentification>'
+    b'<a:ActiveParticipant UserID="u" AlternativeUserID="alt" NetworkAccessPointID="1.2.3.4"/>'
+    b'<a:ActiveParticipant UserID="" NetworkAccessPointID=""/>'
+    b'<a:AuditSourceIdentification AuditSourceID="s1"/><a:AuditSourceIdentification AuditSourceID="s2"/>'
+    b'<a:ParticipantObjectIdentification ParticipantObjectID="ss" ParticipantObjectTypeCode="2">'
+    b'<a:ParticipantObjectIDTypeCode>urn:uuid:a54d6aa5-d40d-43f9-88c5-b4633d873bdd</a:ParticipantObjectIDTypeCode>'
+    b'</a:ParticipantObjectIdentification>'
+    b'<a:ParticipantObjectIdentification ParticipantObjectID="doc" ParticipantObjectTypeCode="2" '
+    b'ParticipantObjectTypeCodeRole="3"/>'
+    b'<a:ParticipantObjectIdentification ParticipantObjectID="job" ParticipantObjectTypeCodeRole="20"/>'
+    b'</a:AuditMessage>',
+    # outcome that is not a number, no source, no participants
+    b'<AuditMessage><EventIdentification EventDateTime="2026-01-02T03:04:05" '
+    b'EventOutcomeIndicator="x"><EventID csd-code="110100"/></EventIdentification></AuditMessage>',
+]
+
+
+@pytest.mark.parametrize("data", [corpus_path(c["files"]).read_bytes() for c in AUDIT_XML_CASES]
+                         + TRICKY, ids=[c["case_id"] for c in AUDIT_XML_CASES]
+                         + [f"tricky-{i}" for i in range(len(TRICKY))])
+def test_ingest_index_equals_the_typed_record(data):
+    assert _read_index_as_dict(data) == _index_of(parse_audit(data))
+
+
+def test_ingest_index_of_our_messages_equals_the_typed_record():
+    for dataset in [ev.iti18_registry(X, 0, b"<q/>", "urn:uuid:q", PATIENT, "urn:oid:1.2.3"),
+                    ev.import_event("ITI-42", X, 0, PATIENT, "1.2.3.4"),
+                    ev.iti43_repository(X, 4, [("1.2.3.5", "1.2.3.6", "urn:oid:1.2.3")])]:
+        xml = ev.build(dataset)
+        assert _read_index_as_dict(xml) == _index_of(parse_audit(xml))
+
+
+@pytest.mark.parametrize("payload", [
+    b"not xml", b"<Other/>", b"<AuditMessage/>", b"",
+    b'<!DOCTYPE x [<!ENTITY a "b">]><AuditMessage/>',
+    b'<AuditMessage><EventIdentification EventDateTime="2026-01-02T03:04:05"/></AuditMessage>',
+    b'<AuditMessage><EventIdentification EventDateTime="2026-01-02T03:04:05"><EventID csd-code=""/>'
+    b'</EventIdentification></AuditMessage>',
+    b'<AuditMessage><EventIdentification EventDateTime="yesterday"><EventID csd-code="1"/>'
+    b'</EventIdentification></AuditMessage>',
+    b'<AuditMessage><EventIdentification><EventID csd-code="1"/></EventIdentification></AuditMessage>'])
+def test_ingest_index_refuses_what_the_typed_record_refuses(payload):
+    with pytest.raises(NotAnAuditMessage):
+        parse_audit(payload)
+    with pytest.raises(NotAnAuditMessage):
+        read_index(payload)

@@ -384,3 +384,68 @@ def test_an_arr_killed_while_messages_flow_loses_none_and_stores_none_twice(serv
     assert len(got) == n
     by_arrival = sorted(got, key=lambda e: e["id"])
     assert [e["time"] for e in by_arrival] == sorted(e["time"] for e in got)
+
+
+def test_a_killed_ingest_process_is_replaced_and_loses_nothing(arr, pki_dir):
+    """The ARR's ingest process (parse, validate, store) dies with batches handed to it
+    but not committed: the receiver starts another and sends them again."""
+    from atna import events as ev
+
+    marker = f"ingest-crash-{time.monotonic_ns()}"
+    x = ev.Exchange("http://client/reply", "10.1.2.3", "commonName=lab", "http://arr/xds/registry",
+                    "arr")
+    patients = [F.new_ins() for _ in range(300)]
+
+    def message(patient: str) -> bytes:
+        ds = ev.iti18_registry(x, 0, b"<q/>", "urn:uuid:q", patient)
+        ds.source_id = marker
+        return octet_frame(format_rfc5424(ev.build(ds), hostname="lab"))
+
+    old = wait_for(lambda: stats(arr).get("ingest_pid"), what="the ARR's counters")
+    before = stats(arr)
+    os.kill(old, signal.SIGSTOP)  # it reads no batch any more: they stay unacknowledged
+    try:
+        send_tls(arr, pki_dir, b"".join(message(p) for p in patients))
+        wait_for(lambda: stats(arr).get("received", 0) >= before.get("received", 0) + len(patients),
+                 what="the receiver to read every frame")
+    finally:
+        os.kill(old, signal.SIGKILL)
+    got = wait_for(lambda: (lambda es: es if len(es) >= len(patients) else None)(
+        audit(arr, source=marker)), timeout=60, what="every message after the ingest crash")
+    wait_for(lambda: stats(arr).get("ingest_pid") not in (None, old)
+             and stats(arr).get("ingest_restarts", 0) >= 1, what="the new ingest process's counters")
+    assert sorted(e["patients"][0] for e in got) == sorted(patients)  # each once
+
+
+def test_a_stalled_ingest_pushes_back_on_the_tls_sender(arr, pki_dir):
+    """While the ingest process is stopped, the receiver holds at most a few batches
+    (atna.pipeline: (INFLIGHT + 2) x BATCH_MAX messages) and stops reading the connection:
+    the sender blocks in TCP instead of the ARR buffering without bound. Once it resumes,
+    every message is stored."""
+    import threading
+
+    from atna import events as ev
+    from atna.pipeline import BATCH_MAX, INFLIGHT
+
+    marker = f"backpressure-{time.monotonic_ns()}"
+    ds = ev.iti18_registry(ev.Exchange("r", "10.1.2.3", "cn", "http://arr/x", "arr"), 0,
+                           b"<q/>" * 200, "urn:uuid:q", F.new_ins())
+    ds.source_id = marker
+    frame = octet_frame(format_rfc5424(ev.build(ds), hostname="lab"))
+    n = 8 * (INFLIGHT + 2) * BATCH_MAX
+    pid = wait_for(lambda: stats(arr).get("ingest_pid"), what="the ARR's counters")
+    before = stats(arr)
+    os.kill(pid, signal.SIGSTOP)
+    sender = threading.Thread(target=send_tls, args=(arr, pki_dir, frame * n))
+    try:
+        sender.start()
+        time.sleep(3)
+        held = stats(arr).get("received", 0) - before.get("received", 0)
+        assert sender.is_alive()  # blocked by TCP flow control
+        assert held <= (INFLIGHT + 2) * BATCH_MAX + 1
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    sender.join(120)
+    wait_for(lambda: stats(arr).get("stored", 0) >= before.get("stored", 0) + n, timeout=120,
+             what="every message once the ingest resumed")
+    assert len(audit(arr, source=marker, limit=1)) == 1
