@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .events import HOSTNAME, AuditDataset, build
-from .spool import Spool, spool_dir
+from .spool import Spool, after_fork_in_child, spool_dir
 
 log = logging.getLogger("opendmp.atna")
 
@@ -130,6 +130,15 @@ class Auditor:
         self._thread: threading.Thread | None = None
         self._thread_pid: int | None = None
         self._start_lock = threading.Lock()
+        after_fork_in_child(self, Auditor._forked)
+
+    def _forked(self) -> None:
+        """In a forked child: fresh locks and queue. What the parent had queued stays the
+        parent's to write (copying it would spool it twice); a lock another thread of the
+        parent held at the fork would never be released here."""
+        self._queue = queue.SimpleQueue()
+        self._start_lock = threading.Lock()
+        self._thread = self._thread_pid = None
 
     def _xml(self, ds: AuditDataset) -> bytes:
         ds.source_id = self.settings.source_id

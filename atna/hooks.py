@@ -108,37 +108,29 @@ def _body_bytes(response: SoapResponse) -> bytes | None:
 
 
 #: (request, exchange, outcome, description, response body) -> a function building the
-#: dataset(s), which runs later in the auditor's background thread. The request's parsed
-#: payload is only read there, never changed (lxml allows reading a tree from another
-#: thread once its owner is done with it: the handler has returned), so the facts are
-#: read off the request thread.
+#: dataset(s), which runs later in the auditor's background thread. The strategy copies
+#: the facts it needs (plain strings and bytes) from the request in the request's thread:
+#: the background thread never touches the request's lxml tree (reading it there stalled
+#: the auditor thread under load: audit messages stopped reaching the spool).
 Strategy = Callable[..., Callable[[], ev.AuditDataset | list[ev.AuditDataset]]]
 
 
 def _iti18(request: SoapRequest, x: ev.Exchange, outcome: int, text: str | None, body=None):
-    payload = request.payload
-
-    def build():
-        query_id, patient, home = query_facts(payload)
-        return ev.iti18_registry(x, outcome, etree.tostring(payload, encoding="UTF-8"),
-                                 query_id, patient, home, text)
-    return build
+    query_id, patient, home = query_facts(request.payload)
+    query = etree.tostring(request.payload, encoding="UTF-8")
+    return lambda: ev.iti18_registry(x, outcome, query, query_id, patient, home, text)
 
 
 def _import(tx: str) -> Strategy:
     def strategy(request, x, outcome, text, body=None):
-        payload = request.payload
-
-        def build():
-            patient, unique = submission_facts(payload)
-            return ev.import_event(tx, x, outcome, patient, unique, text)
-        return build
+        patient, unique = submission_facts(request.payload)
+        return lambda: ev.import_event(tx, x, outcome, patient, unique, text)
     return strategy
 
 
 def _iti43(request, x, outcome, text, body=None):
-    payload = request.payload
-    return lambda: ev.iti43_repository(x, outcome, retrieve_facts(payload), text)
+    documents = retrieve_facts(request.payload)
+    return lambda: ev.iti43_repository(x, outcome, documents, text)
 
 
 STRATEGIES: dict[str, Strategy] = {

@@ -23,6 +23,7 @@ import os
 import struct
 import threading
 import uuid
+import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,18 @@ def _seg_name(n: int) -> str:
 
 def _segments(directory: Path) -> list[int]:
     return sorted(int(p.name[:-4]) for p in directory.glob("*.seg") if p.name[:-4].isdigit())
+
+
+def after_fork_in_child(obj, method) -> None:
+    """Call ``method(obj)`` in every child forked after this (gunicorn forks its workers,
+    the ARR its ingest process, ``opendmp serve`` its listeners), as long as ``obj`` lives."""
+    ref = weakref.ref(obj)
+
+    def reinit() -> None:
+        target = ref()
+        if target is not None:
+            method(target)
+    os.register_at_fork(after_in_child=reinit)
 
 
 def spool_dir(home: Path) -> Path:
@@ -79,6 +92,14 @@ class Spool:
         self._segment: int | None = None
         self._fd: int | None = None
         self._pid = os.getpid()
+        after_fork_in_child(self, Spool._forked)
+
+    def _forked(self) -> None:
+        """In a forked child: a new thread lock (the parent's may have been held by another
+        thread at the fork, and would stay locked forever here), no inherited descriptors."""
+        self._lock = threading.Lock()
+        self._lock_fd = self._fd = self._segment = None
+        self._pid = os.getpid()
 
     def _open_lock(self) -> int:
         if self._lock_fd is None or self._pid != os.getpid():
@@ -113,15 +134,18 @@ class Spool:
             lock_fd = self._open_lock()
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
+                existing = _segments(self.directory)
+                newest = existing[-1] if existing else 0
                 if self._fd is None:  # a process's first append starts a new segment
-                    existing = _segments(self.directory)
-                    self._switch((existing[-1] + 1) if existing else 1)
-                else:
-                    nxt = self._segment + 1
-                    while (self.directory / _seg_name(nxt)).exists():
-                        nxt += 1
-                    if nxt != self._segment + 1:
-                        self._switch(nxt - 1)
+                    self._switch(newest + 1)
+                elif newest > self._segment:
+                    # another process started a later segment: append there (the reader
+                    # leaves a segment for good once a later one exists)
+                    self._switch(newest)
+                elif newest != self._segment:
+                    # ours was collected (every destination acknowledged past it) and no
+                    # later one exists: appending to the unlinked file would lose records
+                    self._switch(max(newest, self._segment) + 1)
                 offset = os.fstat(self._fd).st_size
                 total = sum(len(r) for r in records)
                 if offset + total > SEGMENT_MAX and offset > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 
 from atna.spool import Spool, SpoolReader, _segments, collect_garbage
 
@@ -80,3 +81,58 @@ def test_acknowledged_segments_are_collected(tmp_path):
     reader.ack(records[-1].next_segment, records[-1].next_offset)
     assert collect_garbage(tmp_path, [reader]) == 2
     assert _drain(reader) == []
+
+
+def _fork_and_append(spool_or_auditor, append) -> int:
+    """Fork while another thread of this process holds the writer's lock (as gunicorn's
+    master forks workers while its audit thread appends); the child appends and exits
+    0 when it could, 3 when it hung. Returns the child's exit status."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with spool_or_auditor._lock:
+            holding.set()
+            release.wait(10)
+    t = threading.Thread(target=hold)
+    t.start()
+    holding.wait(5)
+    pid = os.fork()
+    if pid == 0:  # child: the holding thread does not exist here
+        done = threading.Event()
+        threading.Thread(target=lambda: (append(), done.set()), daemon=True).start()
+        os._exit(0 if done.wait(5) else 3)
+    release.set()
+    t.join()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_child_forked_while_the_spool_is_locked_can_still_append(tmp_path):
+    spool = Spool(tmp_path / "spool", fsync=False)
+    spool.append(b"parent")
+    assert _fork_and_append(spool, lambda: spool.append(b"child")) == 0
+    records = SpoolReader(tmp_path / "spool", "d").read(1, 0)
+    assert sorted(r.payload for r in records) == [b"child", b"parent"]
+
+
+def test_a_writer_whose_segment_was_collected_loses_nothing(tmp_path):
+    """Two writing processes (two Spool instances: each starts its own segment); the
+    destination acknowledges past the first writer's segment and the garbage collector
+    deletes it; the first writer's next records must still reach the reader (they used
+    to be appended to the unlinked file: audit messages silently lost)."""
+    d = tmp_path / "spool"
+    a, b = Spool(d, fsync=False), Spool(d, fsync=False)
+    a.append(b"a1")                       # segment 1
+    b.append(b"b1")                       # segment 2
+    c = Spool(d, fsync=False)
+    c.append(b"c1")                       # segment 3
+    reader = SpoolReader(d, "dest")
+    got = reader.read(*reader.acked())
+    assert [r.payload for r in got] == [b"a1", b"b1", b"c1"]
+    last = got[-1]
+    reader.ack(last.next_segment, last.next_offset)
+    collect_garbage(d, [reader])          # segments 1 and 2 are gone
+    assert _segments(d) == [3]
+    a.append(b"a2")
+    b.append(b"b2")
+    got = reader.read(last.next_segment, last.next_offset)
+    assert [r.payload for r in got] == [b"a2", b"b2"]
