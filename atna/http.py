@@ -186,11 +186,11 @@ def _document_ids(conn, patient: str, limit: int = 5000) -> list[str]:
     from opendmp.schema import registry_object as RO
     from registry.store import Kind
 
-    from .store import patient_key
+    from registry.hl7types import cx_match_key
 
     return list(conn.execute(
         select(RO.c.unique_id).join(P, RO.c.patient_pk == P.c.pk)
-        .where(P.c.cx == patient_key(patient),
+        .where(P.c.cx == cx_match_key(patient),
                RO.c.kind.in_([Kind.STABLE_DOCUMENT, Kind.ON_DEMAND_DOCUMENT]),
                RO.c.unique_id.is_not(None))
         .limit(limit)).scalars())

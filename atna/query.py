@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Connection, select
 
 from opendmp.schema import audit_event, audit_key
+from registry.hl7types import cx_match_key
 
 from .message import AuditRecord, parse_audit, parse_time
 from .store import (
@@ -22,7 +23,6 @@ from .store import (
     KEY_PATIENT,
     KEY_SUBMISSION_SET,
     KEY_USER,
-    patient_key,
 )
 
 MAX_RESULTS = 1000
@@ -92,7 +92,7 @@ def build_select(q: AuditQuery):
     if q.sources:
         stmt = stmt.where(audit_event.c.source_id.in_(q.sources))
     if q.patients:
-        stmt = stmt.where(_key_filter(KEY_PATIENT, [patient_key(p) for p in q.patients]))
+        stmt = stmt.where(_key_filter(KEY_PATIENT, [cx_match_key(p) for p in q.patients]))
     if q.event_types:
         stmt = stmt.where(_key_filter(KEY_EVENT_TYPE, q.event_types))
     if q.users:
@@ -101,7 +101,7 @@ def build_select(q: AuditQuery):
         stmt = stmt.where(_key_filter(KEY_NAP, q.addresses))
     if q.entities:
         stmt = stmt.where(_key_filter((KEY_DOCUMENT, KEY_SUBMISSION_SET, KEY_PATIENT),
-                                      [*q.entities, *(patient_key(e) for e in q.entities if "^" in e)]))
+                                      [*q.entities, *(cx_match_key(e) for e in q.entities if "^" in e)]))
     limit = max(1, min(q.limit, MAX_RESULTS))
     return (stmt.order_by(audit_event.c.event_time.desc(), audit_event.c.pk.desc())
             .limit(limit).offset(max(0, q.offset)))

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from opendmp.db import write_transaction
 from opendmp.schema import audit_event, audit_key
+from registry.hl7types import cx_match_key
 
 from .message import AuditIndex
 
@@ -35,21 +36,8 @@ class Received:
     received_at: int = 0
 
 
-def patient_key(cx: str) -> str:
-    """A patient id as indexed: CX.1 and the assigning authority's universal id only
-    (``id^^^&oid&ISO``), so that a query matches whatever CX.5 type code (``^NH``,
-    ``^PI``) and CX.4 namespace (``ASIP-SANTE-INS-NIR&oid&ISO``) the message carried;
-    an authority without universal id keeps its namespace (``id^^^NS``)."""
-    parts = cx.strip().split("^")
-    if len(parts) < 4:
-        return cx.strip()
-    ns, _, rest = parts[3].partition("&")
-    uid = rest.partition("&")[0]
-    return f"{parts[0]}^^^&{uid}&ISO" if uid else f"{parts[0]}^^^{ns}"
-
-
 def _keys(rec: AuditIndex) -> set[tuple[int, str]]:
-    keys = {(KEY_PATIENT, patient_key(v)[:MAX_KEY]) for v in rec.patient_ids}
+    keys = {(KEY_PATIENT, cx_match_key(v)[:MAX_KEY]) for v in rec.patient_ids}
     keys.update((KEY_USER, v[:MAX_KEY]) for v in rec.user_ids)
     keys.update((KEY_DOCUMENT, v[:MAX_KEY]) for v in rec.document_ids)
     keys.update((KEY_SUBMISSION_SET, v[:MAX_KEY]) for v in rec.submission_set_ids)

@@ -42,16 +42,9 @@ from typing import Iterable, Mapping
 from sqlalchemy import Connection, select
 
 from opendmp.schema import patient, registry_object
+from registry.hl7types import cx_match_key
 from registry.store import DOCUMENT_KINDS, Kind
 from soapstack.wssecurity import FAILED_AUTHENTICATION, SecurityFault
-
-
-def cx_key(cx: str) -> tuple[str, str]:
-    """(id, assigning authority OID) of an HL7 CX: ``id^^^&oid&ISO`` with or without CX.5."""
-    parts = cx.strip().split("^")
-    authority = parts[3].split("&") if len(parts) > 3 else [""]
-    oid = authority[1] if len(authority) > 1 else authority[0]
-    return parts[0].strip(), oid.strip()
 
 
 def authorized_patient(identity) -> str | None:
@@ -64,7 +57,7 @@ def require_patient(identity, cx: str | None) -> None:
     allowed = authorized_patient(identity)
     if allowed is None or cx is None:
         return
-    if cx_key(allowed) != cx_key(cx):
+    if cx_match_key(allowed) != cx_match_key(cx):
         raise SecurityFault(f"the request is for patient {cx} but the assertion authorizes "
                             f"{allowed} (resource-id)", FAILED_AUTHENTICATION)
 
@@ -93,11 +86,11 @@ def require_registry_objects(identity, conn: Connection, rows: Iterable) -> None
     if allowed is None:
         return
     pks = {r.patient_pk for r in rows if r.kind != Kind.ASSOCIATION and r.patient_pk is not None}
-    key = cx_key(allowed)
+    key = cx_match_key(allowed)
     cxs = _patient_cxs(conn, pks)
-    if any(cx_key(cx) != key for cx in cxs.values()) or len(cxs) != len(pks):
+    if any(cx_match_key(cx) != key for cx in cxs.values()) or len(cxs) != len(pks):
         raise _refuse_disclosure("the query would return registry objects",
-                                 (cx for cx in cxs.values() if cx_key(cx) != key))
+                                 (cx for cx in cxs.values() if cx_match_key(cx) != key))
 
 
 def require_documents(identity, conn: Connection, documents: Mapping[str, str | None]) -> None:
@@ -142,11 +135,11 @@ def require_documents(identity, conn: Connection, documents: Mapping[str, str | 
     current = _current_identifiers(conn, set(indexed.values()))
     for uid, cx in indexed.items():
         owners[uid] = {current[cx]}
-    key = cx_key(allowed)
-    if any({cx_key(cx) for cx in owners.get(uid, ())} != {key} for uid in wanted):
+    key = cx_match_key(allowed)
+    if any({cx_match_key(cx) for cx in owners.get(uid, ())} != {key} for uid in wanted):
         raise _refuse_disclosure("the request retrieves documents",
                                  (cx for cxs in owners.values() for cx in cxs
-                                  if cx_key(cx) != key))
+                                  if cx_match_key(cx) != key))
 
 
 def _current_identifiers(conn: Connection, cxs: set[str]) -> dict[str, str]:
@@ -271,5 +264,5 @@ def may_read(settings: HttpReaders, reader: Reader, what: str) -> Decision:
 
 
 __all__ = ["HEALTH_DATA", "HISTORY", "TRAIL", "Decision", "HttpReaders", "Reader",
-           "authorized_patient", "cx_key", "may_read", "require_documents", "require_patient",
+           "authorized_patient", "may_read", "require_documents", "require_patient",
            "require_registry_objects"]

@@ -134,6 +134,21 @@ class CX:
         return self.canonical + (f"^{self.type_code}" if self.type_code else "")
 
 
+def cx_match_key(cx: str) -> str:
+    """A patient id reduced for matching, without validating it: CX.1 and the assigning
+    authority's universal id only (``id^^^&oid&ISO``), whatever CX.5 type code (``^NH``,
+    ``^PI``) and CX.4 namespace (``ASIP-SANTE-INS-NIR&oid&ISO``) the message carried; an
+    authority without universal id keeps its namespace (``id^^^NS``). For ids that come
+    from elsewhere than validated metadata (audit messages, assertions); :func:`parse_cx`
+    is the validating form."""
+    parts = cx.strip().split("^")
+    if len(parts) < 4:
+        return cx.strip()
+    ns, _, rest = parts[3].partition("&")
+    uid = rest.partition("&")[0]
+    return f"{parts[0]}^^^&{uid}&ISO" if uid else f"{parts[0]}^^^{ns}"
+
+
 def parse_cx(value: str, *, allow_type_code: bool = True) -> CX:
     """Parse a patientId / sourcePatientId CX value (ITI TF-3 Table 4.2.3.1.7-2).
 

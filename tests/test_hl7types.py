@@ -295,3 +295,13 @@ def test_is_uuid_urn_rejects(value):
 def test_is_uuid_urn_accepts_any_uuid(u):
     assert is_uuid_urn(f"urn:uuid:{u}")
     assert is_uuid_urn(f"urn:uuid:{str(u).upper()}")
+
+
+def test_cx_match_key_ignores_type_code_and_namespace_but_not_the_authority():
+    from registry.hl7types import cx_match_key
+    key = "180057512345627^^^&1.2.250.1.213.1.4.8&ISO"
+    assert cx_match_key(key + "^NH") == key
+    assert cx_match_key("180057512345627^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^NH") == key
+    assert cx_match_key("180057512345627^^^&1.2.250.1.213.1.4.9&ISO") != key
+    assert cx_match_key("123^^^HOSP") == "123^^^HOSP"
+    assert cx_match_key(" 123 ") == "123"
