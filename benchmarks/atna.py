@@ -38,11 +38,11 @@ import shutil
 import socket
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import benchmarks  # noqa: F401  (tests/ on sys.path)
+from benchmarks import work_dir
 import factory as F
 import xds
 from harness import ServerProcess
@@ -229,7 +229,7 @@ def emission_cost(n: int = 1500, interval: float = 0.002) -> dict:
     from soapstack.envelope import SoapRequest, SoapResponse
     from soapstack.wsgi import Operation, SoapEndpoint
 
-    home = Path(tempfile.mkdtemp(prefix="opendmp-bench-atna-inproc-"))
+    home = Path(work_dir("opendmp-bench-atna-inproc-"))
     auditor = Auditor(AuditSettings.from_env({"OPENDMP_AUDIT_REPOSITORIES": "udp://127.0.0.1:9"}), home)
     req = xds.adhoc_query(xds.FIND_DOCUMENTS, {"$XDSDocumentEntryPatientId": f"'{F.new_ins()}'",
                                                "$XDSDocumentEntryStatus": f"('{xds.APPROVED}')"})
@@ -302,7 +302,7 @@ def ingest_breakdown(n: int = 3000, pg: bool = True) -> list[tuple[str, str]]:
     step("search keys + row", lambda: [(_keys(r), _row(Received(r, "tls"))) for r in indexes],
          "ingest")
     received = [Received(r, "tls", "bench", None, None, 1) for r in indexes]
-    work = Path(tempfile.mkdtemp(prefix="opendmp-bench-atna-store-"))
+    work = Path(work_dir("opendmp-bench-atna-store-"))
     url = f"sqlite:///{work / 'a.sqlite3'}"
     migrate(url)
     engine = make_engine(url)
@@ -404,7 +404,7 @@ def main(argv=None) -> int:
               f"{e['thread_audited'] - e['thread_plain']:.1f}) |")
         return 0
 
-    work = Path(tempfile.mkdtemp(prefix="opendmp-bench-atna-"))
+    work = Path(work_dir("opendmp-bench-atna-"))
     pki_dir = work / "pki"
     pki.issue(pki_dir, "node")
     pki.issue(pki_dir, "bench")

@@ -25,6 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
+from benchmarks import work_dir
 from cda import generator
 from cda.document import parse_cda, read_header
 from cda.metadata import Facility, document_entry, parse_code
@@ -150,7 +151,6 @@ def bench_intake_rss(sizes_mb: list[int]) -> list[dict]:
     """Worker RSS around one ITI-41 of a CDA level 1 of each size (real server, one
     gunicorn worker x 4 threads, SQLite), as benchmarks/repository.py measures it."""
     import random
-    import tempfile
 
     from harness import ServerProcess, free_port
     from opendmp.db import migrate
@@ -159,7 +159,7 @@ def bench_intake_rss(sizes_mb: list[int]) -> list[dict]:
 
     from . import repository as R
     from . import rss
-    home = Path(tempfile.mkdtemp(prefix="opendmp-bench-cda-"))
+    home = Path(work_dir("opendmp-bench-cda-"))
     url = f"sqlite:///{home / 'opendmp.sqlite3'}"
     migrate(url)
     patients = [cx for cx, _ in R.register_patients(url, len(sizes_mb) + 3, 1)]

@@ -28,11 +28,11 @@ import pstats
 import random
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import benchmarks  # noqa: F401  (tests/ on sys.path)
+from benchmarks import work_dir
 import factory as F
 from opendmp.app import create_app
 from opendmp.config import Settings
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
                         "OPENDMP_AUDIT_REPOSITORIES=none (repeatable)")
     a = p.parse_args(argv)
     extra = dict(kv.split("=", 1) for kv in a.env)
-    home = Path(tempfile.mkdtemp(prefix="opendmp-bench-inproc-"))
+    home = Path(work_dir("opendmp-bench-inproc-"))
     cluster = None
     try:
         endpoint = "http://127.0.0.1:8080/xds/registry"

@@ -16,9 +16,9 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 
 import benchmarks  # noqa: F401  (tests/ on sys.path)
+from benchmarks import work_dir
 import factory as F
 import xds
 from opendmp.db import make_engine, migrate, read_transaction, write_transaction
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     p.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
     p.add_argument("--rounds", type=int, default=7)
     a = p.parse_args(argv)
-    home = tempfile.mkdtemp(prefix="opendmp-bench-direct-")
+    home = work_dir("opendmp-bench-direct-")
     try:
         if a.db == "sqlite":
             url = f"sqlite:///{home}/opendmp.sqlite3"

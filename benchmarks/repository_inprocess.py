@@ -22,11 +22,11 @@ import pstats
 import random
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import benchmarks  # noqa: F401  (tests/ on sys.path)
+from benchmarks import work_dir
 from opendmp.app import create_app
 from opendmp.config import Settings
 from opendmp.db import migrate
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
     extra_env = dict(x.split("=", 1) for x in a.env)
     os.environ.update(extra_env)
     wanted = [s.strip() for s in a.sizes.split(",")]
-    home = Path(tempfile.mkdtemp(prefix="opendmp-bench-inproc-"))
+    home = Path(work_dir("opendmp-bench-inproc-"))
     cluster = None
     try:
         if a.db == "postgresql":

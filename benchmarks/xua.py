@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import statistics
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+
+from benchmarks import work_dir
 
 
 def _timeit(fn, n: int) -> tuple[float, float]:
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from xua.identity import build_identity
     from xua.idp import VihfClaims, dev_idp_files, issue
 
-    home = Path(tempfile.mkdtemp(prefix="xua-bench-"))
+    home = Path(work_dir("xua-bench-"))
     dev_idp_files(home)
     policy = XuaSettings.from_env({"OPENDMP_XUA": "required"}, home).policy
     key, cert = make_cert("bench client")
