@@ -177,11 +177,16 @@ class Intake:
             return []
         return [E.XdsError(REPOSITORY_METADATA_ERROR, message, de.unique_id)]
 
-    def after_register(self, engine, conn=None) -> None:
-        """File the registered CDA documents' facts in the patient summary (best effort:
-        the documents are registered whatever happens here). With ``conn`` (the
-        repository's registration transaction) the rows join that transaction, each
-        document under a savepoint so that a failure here leaves the registration whole."""
+    def after_register(self, engine, conn=None, fresh: set[str] | None = None) -> None:
+        """File the registered CDA documents' facts in the patient summary.
+
+        With ``conn``, the repository's registration transaction: the rows of the
+        documents new to the repository (``fresh``: the uniqueIds it just indexed; the
+        same bytes submitted again already have theirs) are inserted in that
+        transaction, so a document and its summary commit together or not at all.
+        Without it (a remote registry, after its Success), each document's rows are
+        replaced in a transaction of its own, best effort: the documents are registered
+        whatever happens here."""
         if not self.summaries or not self.documents:
             return
         from .summary import store_summary
@@ -192,12 +197,12 @@ class Intake:
                 log.info("document %s: structured body not summarised (too large or "
                          "unreadable)", de.unique_id)
                 continue
+            uid = de.unique_id or header.unique_id
+            if conn is not None:
+                if fresh is None or uid in fresh:
+                    store_summary(engine, header, uid, facts, conn, replace=False)
+                continue
             try:
-                uid = de.unique_id or header.unique_id
-                if conn is None:
-                    store_summary(engine, header, uid, facts)
-                else:
-                    with conn.begin_nested():
-                        store_summary(engine, header, uid, facts, conn)
+                store_summary(engine, header, uid, facts)
             except Exception:  # noqa: BLE001 - the registration stands; log and go on
                 log.exception("cannot file the summary of document %s", de.unique_id)

@@ -210,11 +210,12 @@ def _cut(value: str | None, n: int) -> str | None:
 
 
 def store_summary(engine, header: CdaHeader, document_unique_id: str,
-                  facts: list[Fact] | None = None, conn=None) -> int:
+                  facts: list[Fact] | None = None, conn=None, replace: bool = True) -> int:
     """Replace the facts of one document (``facts`` when they were collected while the
     document streamed in, else read from ``header.root``); returns how many were filed.
     With ``conn``, in the caller's transaction (ITI-41 registration), else in a
-    transaction of its own."""
+    transaction of its own. ``replace=False`` only inserts: for a document the caller
+    knows to have none yet (saves a statement)."""
     ins = header.patient.ins
     if ins is None or not ins.extension:
         return 0
@@ -229,15 +230,16 @@ def store_summary(engine, header: CdaHeader, document_unique_id: str,
             for f in facts]
     if conn is None:
         with write_transaction(engine) as own:
-            _replace_rows(own, document_unique_id, rows)
+            _replace_rows(own, document_unique_id, rows, replace)
     else:
-        _replace_rows(conn, document_unique_id, rows)
+        _replace_rows(conn, document_unique_id, rows, replace)
     return len(rows)
 
 
-def _replace_rows(conn, document_unique_id: str, rows: list[dict]) -> None:
-    conn.execute(delete(cda_summary_item)
-                 .where(cda_summary_item.c.document_unique_id == document_unique_id))
+def _replace_rows(conn, document_unique_id: str, rows: list[dict], replace: bool) -> None:
+    if replace:
+        conn.execute(delete(cda_summary_item)
+                     .where(cda_summary_item.c.document_unique_id == document_unique_id))
     if rows:
         conn.execute(insert(cda_summary_item), rows)
 

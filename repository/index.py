@@ -16,12 +16,16 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, delete, select, update
+from sqlalchemy.dialects.postgresql import insert as _pg_insert
+from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
 
 from opendmp.schema import repository_document as rd
 
 STAGED = 0
 COMMITTED = 1
+
+_INSERT = {"postgresql": _pg_insert, "sqlite": _sqlite_insert}
 
 
 @dataclass(frozen=True)
@@ -43,14 +47,21 @@ def _row(r) -> IndexedDocument:
                            r.mime_type, r.state, r.created_at, r.patient_cx)
 
 
-def add(conn: Connection, docs: Iterable[IndexedDocument]) -> None:
-    """Insert rows in their ``state`` (the unique index refuses a uniqueId twice)."""
+def add_new(conn: Connection, docs: Iterable[IndexedDocument]) -> set[str]:
+    """Insert the rows whose uniqueId the index does not hold yet, in their ``state``, in
+    one statement (``INSERT .. ON CONFLICT DO NOTHING RETURNING``, PostgreSQL and SQLite);
+    returns the uniqueIds inserted. A uniqueId another transaction is inserting waits for
+    that transaction: then it is inserted (rolled back) or left out (committed)."""
     rows = [dict(unique_id=d.unique_id, repository_unique_id=d.repository_unique_id,
                  storage_key=d.storage_key, size=d.size, sha1=d.sha1, mime_type=d.mime_type,
                  state=d.state, created_at=int(time.time()), patient_cx=d.patient_cx)
             for d in docs]
-    if rows:
-        conn.execute(insert(rd), rows)
+    if not rows:
+        return set()
+    dialect = _INSERT[conn.dialect.name]
+    stmt = (dialect(rd).on_conflict_do_nothing(index_elements=[rd.c.unique_id])
+            .returning(rd.c.unique_id))
+    return set(conn.execute(stmt, rows).scalars())
 
 
 def mark_committed(conn: Connection, unique_ids: list[str]) -> None:

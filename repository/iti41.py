@@ -15,7 +15,6 @@ from __future__ import annotations
 import binascii
 import logging
 from lxml import etree
-from sqlalchemy.exc import IntegrityError
 
 from cda.crosscheck import Intake as CdaIntake
 from opendmp import failpoints
@@ -197,7 +196,7 @@ def provide_and_register(repo: Repository, request: etree._Element,
 def _register_in_one_transaction(repo: Repository, register_on, sub,
                                  staged: dict[str, StagedDocument], cda: CdaIntake) -> list[str]:
     """In-process registry: the index rows (COMMITTED), the registration and the CDA
-    summary in one write transaction. A crash before its commit leaves staged files
+    summary of the new documents in one write transaction. A crash before its commit leaves staged files
     without rows (the recovery sweep discards them); after it, staged files with
     COMMITTED rows until :meth:`~repository.storage.DocumentStore.commit` renames them
     (ITI-43 reads them from staging; the recovery sweep renames them)."""
@@ -205,7 +204,7 @@ def _register_in_one_transaction(repo: Repository, register_on, sub,
         fresh = _index_rows(conn, repo, sub, staged, index.COMMITTED)
         failpoints.hit("iti41.after_index")
         register_on(conn, sub)
-        cda.after_register(repo.engine, conn)
+        cda.after_register(repo.engine, conn, set(fresh))
         failpoints.hit("iti41.before_commit")
     return fresh
 
@@ -218,17 +217,25 @@ def _index_documents(repo: Repository, sub, staged: dict[str, StagedDocument]) -
 
 def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
                 state: int) -> list[str]:
-    """Index rows for new documents; returns their uniqueIds. A uniqueId the repository
-    already holds with the same bytes is not stored twice; with other bytes it is
-    XDSNonIdenticalHash; one being stored by another transaction is XDSRepositoryBusy (the
-    unique index refuses the second row)."""
-    known = index.lookup(conn, list(staged))
-    errors, fresh = [], []
-    for de in sub.documents:
-        uid = de.unique_id
+    """Index rows for new documents, in one statement; returns their uniqueIds. A uniqueId
+    the repository already holds with the same bytes is not stored twice; with other bytes
+    it is XDSNonIdenticalHash; one held STAGED (a remote registration in progress) is
+    XDSRepositoryBusy."""
+    mime = {d.unique_id: d.mime_type for d in sub.documents}
+    patient = submitted_patient(sub)
+    rows = [index.IndexedDocument(uid, repo.settings.unique_id, staged[uid].key,
+                                  staged[uid].size, staged[uid].sha1_hex, mime[uid], state, 0,
+                                  patient)
+            for uid in sorted(staged)]   # one order for every transaction: no lock cycles
+    inserted = index.add_new(conn, rows)
+    held = [uid for uid in staged if uid not in inserted]
+    known = index.lookup(conn, held) if held else {}
+    errors = []
+    for uid in held:
         existing = known.get(uid)
-        if existing is None:
-            fresh.append(uid)
+        if existing is None:    # held a moment ago, removed since (a concurrent undo)
+            errors.append(_err(REPOSITORY_BUSY, f"document {uid} is being stored or removed "
+                               "by another transaction", uid))
         elif existing.sha1 != staged[uid].sha1_hex:
             errors.append(_err(E.NON_IDENTICAL_HASH,
                                f"document {uid} is already stored with hash {existing.sha1}",
@@ -236,23 +243,11 @@ def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
         elif existing.state != index.COMMITTED:
             errors.append(_err(REPOSITORY_BUSY,
                                f"document {uid} is being stored by another transaction", uid))
-        else:
-            repo.store.discard(staged.pop(uid))
     if errors:
-        raise E.XdsErrors(errors)
-    mime = {d.unique_id: d.mime_type for d in sub.documents}
-    patient = submitted_patient(sub)
-    rows = [index.IndexedDocument(uid, repo.settings.unique_id, staged[uid].key,
-                                  staged[uid].size, staged[uid].sha1_hex, mime[uid], state, 0,
-                                  patient)
-            for uid in sorted(fresh)]   # one order for every transaction: no lock cycles
-    try:
-        index.add(conn, rows)
-    except IntegrityError:   # the caller's transaction is rolled back
-        raise E.XdsErrors([_err(REPOSITORY_BUSY,
-                                "a document of this submission is being stored concurrently")]) \
-            from None
-    return fresh
+        raise E.XdsErrors(errors)   # the caller's transaction is rolled back
+    for uid in held:                # the same bytes again: nothing new to keep
+        repo.store.discard(staged.pop(uid))
+    return sorted(inserted)
 
 
 def submitted_patient(sub) -> str | None:

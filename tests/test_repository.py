@@ -348,3 +348,28 @@ def test_key_rotation_rewraps_without_rewriting_documents(server_factory):
     srv.restart()
     _, docs = retrieve(repository(srv), repository_unique_id(srv), [sub.documents[0].unique_id])
     assert docs[0].content == content
+
+
+def test_a_document_unique_id_again_other_bytes_refused_same_bytes_stored_once(server_factory):
+    """ITI TF-2b §3.41.4.1.3: a uniqueId the repository holds with other bytes is
+    XDSNonIdenticalHash and changes nothing; with the same bytes, nothing is stored twice."""
+    srv = server_factory()
+    patient = _patient(srv)
+    first = _unsigned_submission(patient)
+    uid, content = first.documents[0].unique_id, b"<doc>version une</doc>"
+    assert status(_pnr(srv, first, {first.documents[0].id: content})) == "Success"
+    assert len(_objects(srv)) == 1
+
+    other = _unsigned_submission(patient)
+    other.documents[0].unique_id = uid
+    answer = _pnr(srv, other, {other.documents[0].id: b"<doc>version deux</doc>"})
+    assert error_codes(answer) == ["XDSNonIdenticalHash"], etree.tostring(answer)
+    assert len(_stored_files(srv)) == 1
+
+    same = _unsigned_submission(patient)
+    same.documents[0].unique_id = uid
+    answer = _pnr(srv, same, {same.documents[0].id: content})
+    assert status(answer) == "Success", etree.tostring(answer)
+    assert len(_stored_files(srv)) == 1
+    _, docs = retrieve(repository(srv), repository_unique_id(srv), [uid])
+    assert [d.content for d in docs] == [content]
