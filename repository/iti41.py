@@ -3,10 +3,11 @@
 For each DocumentEntry the repository streams its document (MTOM attachment or inline
 base64) into the encrypted store while computing SHA-1 and size, checks any supplied
 hash, size, repositoryUniqueId and the mimeType against the content, sets them, and
-registers the metadata. Atomicity: the bytes are staged (durable) first. With the
-in-process registry, one write transaction then writes the index row (COMMITTED), the
-registration and the CDA summary, and the staged file is renamed into place after the
-commit. With a remote registry, the index row is STAGED and the file renamed before the
+registers the metadata. Atomicity: the bytes are staged first, made durable on a
+background thread while the registration's statements run. With the in-process
+registry, one write transaction writes the index row (COMMITTED), the registration and
+the CDA summary, commits once the staged files are durable, and the staged file is
+renamed into place after the commit. With a remote registry, the index row is STAGED and the file renamed before the
 registry is called, and the row COMMITTED after its Success. On any failure the bytes and
 the row are removed; what a crash leaves behind is settled by :mod:`repository.recovery`.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import binascii
 import logging
+from concurrent.futures import Future
 from lxml import etree
 
 from cda.crosscheck import Intake as CdaIntake
@@ -64,8 +66,11 @@ def _documents_by_id(request: etree._Element) -> tuple[dict[str, etree._Element]
 
 def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
                attachments: dict[str, Attachment], cda: CdaIntake | None = None,
-               dsg: DsgIntake | None = None) -> tuple[StagedDocument | None, list]:
-    """Stream one document into the store and reconcile its metadata with the bytes."""
+               dsg: DsgIntake | None = None, durable: dict[str, Future] | None = None
+               ) -> tuple[StagedDocument | None, list]:
+    """Stream one document into the store and reconcile its metadata with the bytes.
+    With ``durable``, the document is made durable in the background (its future filed
+    under the uniqueId), else before this returns."""
     where = f"DocumentEntry {de.id}"
     cda_sniffer = cda.sniffer(de) if cda is not None else None  # None unless XML
     try:
@@ -80,7 +85,10 @@ def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
                     cda_sniffer.feed(chunk)
                 if dsg is not None:
                     dsg.feed(de, chunk)
-            staged = writer.finish()
+            if durable is None:
+                staged = writer.finish()
+            else:
+                staged, durable[de.unique_id] = writer.finish_in_background()
     except binascii.Error as exc:
         return None, [_err(REPOSITORY_METADATA_ERROR, f"{where}: document content: {exc}", de.id)]
     except StoreError as exc:
@@ -141,6 +149,7 @@ def provide_and_register(repo: Repository, request: etree._Element,
                          attachments: dict[str, Attachment]) -> bytes:
     """ProvideAndRegisterDocumentSetRequest -> RegistryResponse bytes."""
     staged: dict[str, StagedDocument] = {}   # DocumentEntry uniqueId -> staged bytes
+    durable: dict[str, Future] = {}          # uniqueId -> its bytes made durable
     indexed: list[str] = []                  # uniqueIds with a STAGED index row (remote)
     cda = CdaIntake.from_env()
     register_on = getattr(repo.registry, "register_on", None)
@@ -157,7 +166,8 @@ def provide_and_register(repo: Repository, request: etree._Element,
         if errors:
             raise E.XdsErrors(errors)
         for de in sub.documents:
-            one, problems = _store_one(repo, de, documents[de.id], attachments, cda, dsg)
+            one, problems = _store_one(repo, de, documents[de.id], attachments, cda, dsg,
+                                       durable)
             errors += problems
             if one is not None:
                 staged[de.unique_id] = one
@@ -166,19 +176,20 @@ def provide_and_register(repo: Repository, request: etree._Element,
             raise E.XdsErrors(errors)
         require_complete(attachments)   # the documents streamed in: is the message whole?
         if register_on is not None:
-            fresh = _register_in_one_transaction(repo, register_on, sub, staged, cda)
+            fresh = _register_in_one_transaction(repo, register_on, sub, staged, durable, cda)
         else:
-            indexed = _index_documents(repo, sub, staged)
+            _await_durable(durable)
+            indexed = _index_documents(repo, sub, staged, durable)
             failpoints.hit("iti41.after_index")
             for uid in indexed:
                 repo.store.commit(staged[uid])
             failpoints.hit("iti41.after_store")
             warnings = cda.warnings + repo.registry.register(sub, indexed)
     except E.XdsErrors as failure:
-        _undo(repo, staged, indexed)
+        _undo(repo, staged, indexed, durable)
         return E.registry_response(failure.errors)
     except BaseException:
-        _undo(repo, staged, indexed)
+        _undo(repo, staged, indexed, durable)
         raise
     if register_on is None:
         cda.after_register(repo.engine)
@@ -194,29 +205,48 @@ def provide_and_register(repo: Repository, request: etree._Element,
 
 
 def _register_in_one_transaction(repo: Repository, register_on, sub,
-                                 staged: dict[str, StagedDocument], cda: CdaIntake) -> list[str]:
+                                 staged: dict[str, StagedDocument],
+                                 durable: dict[str, Future], cda: CdaIntake) -> list[str]:
     """In-process registry: the index rows (COMMITTED), the registration and the CDA
-    summary of the new documents in one write transaction. A crash before its commit leaves staged files
-    without rows (the recovery sweep discards them); after it, staged files with
-    COMMITTED rows until :meth:`~repository.storage.DocumentStore.commit` renames them
-    (ITI-43 reads them from staging; the recovery sweep renames them)."""
+    summary of the new documents in one write transaction, committed once the staged
+    files are durable (their flushes overlap the statements). A crash before its commit
+    leaves staged files without rows (the recovery sweep discards them); after it, staged
+    files with COMMITTED rows until :meth:`~repository.storage.DocumentStore.commit`
+    renames them (ITI-43 reads them from staging; the recovery sweep renames them)."""
     with write_transaction(repo.engine) as conn:
-        fresh = _index_rows(conn, repo, sub, staged, index.COMMITTED)
+        fresh = _index_rows(conn, repo, sub, staged, index.COMMITTED, durable)
         failpoints.hit("iti41.after_index")
         register_on(conn, sub)
         cda.after_register(repo.engine, conn, set(fresh))
+        _await_durable(durable)
         failpoints.hit("iti41.before_commit")
     return fresh
 
 
-def _index_documents(repo: Repository, sub, staged: dict[str, StagedDocument]) -> list[str]:
+def _await_durable(durable: dict[str, Future]) -> None:
+    """Wait until every staged file is durable; XDSRepositoryOutOfResources if one could
+    not be written (its file is already gone)."""
+    errors = []
+    for uid, done in durable.items():
+        try:
+            done.result()
+        except StoreError as exc:
+            log.error("cannot store document %s: %s", uid, exc)
+            errors.append(_err(REPOSITORY_OUT_OF_RESOURCES, f"document {uid}: the repository "
+                               f"cannot store the document ({exc})", uid))
+    if errors:
+        raise E.XdsErrors(errors)
+
+
+def _index_documents(repo: Repository, sub, staged: dict[str, StagedDocument],
+                     durable: dict[str, Future]) -> list[str]:
     """Remote registry: STAGED index rows, committed before the registry is called."""
     with write_transaction(repo.engine) as conn:
-        return _index_rows(conn, repo, sub, staged, index.STAGED)
+        return _index_rows(conn, repo, sub, staged, index.STAGED, durable)
 
 
 def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
-                state: int) -> list[str]:
+                state: int, durable: dict[str, Future]) -> list[str]:
     """Index rows for new documents, in one statement; returns their uniqueIds. A uniqueId
     the repository already holds with the same bytes is not stored twice; with other bytes
     it is XDSNonIdenticalHash; one held STAGED (a remote registration in progress) is
@@ -246,6 +276,7 @@ def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
     if errors:
         raise E.XdsErrors(errors)   # the caller's transaction is rolled back
     for uid in held:                # the same bytes again: nothing new to keep
+        _settle(durable.pop(uid, None))
         repo.store.discard(staged.pop(uid))
     return sorted(inserted)
 
@@ -268,9 +299,21 @@ def submitted_patient(sub) -> str | None:
     return cx if len(cx) <= PATIENT_CX_MAX else None
 
 
-def _undo(repo: Repository, staged: dict[str, StagedDocument], indexed: list[str]) -> None:
+def _settle(done: Future | None) -> None:
+    """Wait for a background flush, whatever its outcome (a failed one left nothing)."""
+    if done is not None:
+        try:
+            done.result()
+        except StoreError:
+            pass
+
+
+def _undo(repo: Repository, staged: dict[str, StagedDocument], indexed: list[str],
+          durable: dict[str, Future]) -> None:
     """Remove every byte and index row a failed transaction left (best effort: what cannot
-    be removed now is settled by the recovery sweep)."""
+    be removed now is settled by the recovery sweep), once the background flushes ended."""
+    for done in durable.values():
+        _settle(done)
     for s in staged.values():
         try:
             repo.store.delete(s.key) or repo.store.discard(s)

@@ -13,6 +13,8 @@ Writing a document (ITI-41)::
             w.write(part)
         staged = w.finish()                   # durable; key, size, sha1_hex, key_id
     ... record the key and register the metadata (index row + ITI-42, committed) ...
+    # or: staged, durable = w.finish_in_background(), and durable.result() before
+    # the commit that records it
     store.commit(staged)                      # atomic rename into place (not fsync'd)
     # or, when registration failed: store.discard(staged)
 
@@ -48,7 +50,9 @@ import contextlib
 import errno
 import os
 import re
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Protocol, runtime_checkable
@@ -118,6 +122,7 @@ class PendingWrite(Protocol):
     def size(self) -> int: ...               # plaintext bytes written so far
     def write(self, data: bytes) -> None: ...
     def finish(self) -> StagedDocument: ...
+    def finish_in_background(self) -> tuple[StagedDocument, Future]: ...
     def abort(self) -> None: ...
     def __enter__(self) -> "PendingWrite": ...
     def __exit__(self, *exc: object) -> None: ...
@@ -496,6 +501,30 @@ def _scandir(path: Path) -> list[os.DirEntry]:
 
 # ---------------------------------------------------------------------------- writer
 
+_FLUSHER: ThreadPoolExecutor | None = None
+_FLUSHER_LOCK = threading.Lock()
+
+
+def _flusher() -> ThreadPoolExecutor:
+    """The threads that make sealed documents durable (fsync releases the GIL), made on
+    first use in each process (a forked worker starts without its parent's)."""
+    global _FLUSHER
+    if _FLUSHER is None:
+        with _FLUSHER_LOCK:
+            if _FLUSHER is None:
+                _FLUSHER = ThreadPoolExecutor(max_workers=4,
+                                              thread_name_prefix="opendmp-store-fsync")
+    return _FLUSHER
+
+
+def _forget_flusher() -> None:
+    global _FLUSHER, _FLUSHER_LOCK
+    _FLUSHER, _FLUSHER_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_flusher)
+
+
 
 class _FilePendingWrite:
     def __init__(self, store: FileSystemStore, key: str) -> None:
@@ -504,6 +533,7 @@ class _FilePendingWrite:
         self._partial = store._partial_path(key)
         self._fd: int | None = None
         self._done = False
+        self._sealed = False
         master = store.keyring.current
         self._enc = Encryptor(master.key_id, master.key, key, store.chunk_size)
         try:
@@ -533,11 +563,33 @@ class _FilePendingWrite:
     def finish(self) -> StagedDocument:
         """Seal the last chunk, write the final header, and make the file durable as a
         staged document."""
+        staged = self._seal()
+        self._persist()
+        return staged
+
+    def finish_in_background(self) -> tuple[StagedDocument, Future]:
+        """Seal now; make the file durable as a staged document (fsync, rename, fsync of
+        the staging directory) on a background thread, so that the caller's database
+        work overlaps the disk flushes. The caller must wait for the future (its
+        ``result()`` raises :class:`StoreWriteError`; on failure nothing is left) before
+        it commits anything that names the document, and before it discards it."""
+        staged = self._seal()
+        return staged, _flusher().submit(self._persist)
+
+    def _seal(self) -> StagedDocument:
         fd = self._check_open()
-        staged_path = self._store._staged_path(self.key)
         try:
             _write_all(fd, self._enc.finalize())
             _pwrite_all(fd, self._enc.header(), 0)
+        except (OSError, StoreWriteError) as exc:
+            self._fail(exc)
+        self._sealed = True      # from here on, _persist finishes or cleans up
+        return StagedDocument(self.key, self._enc.size, self._enc.sha1.hex(), self._enc.key_id)
+
+    def _persist(self) -> None:
+        fd = self._check_open()
+        staged_path = self._store._staged_path(self.key)
+        try:
             _fsync(fd)
             self._fd = None
             os.close(fd)
@@ -546,11 +598,11 @@ class _FilePendingWrite:
         except (OSError, StoreWriteError) as exc:
             self._fail(exc, staged_path)
         self._done = True
-        return StagedDocument(self.key, self._enc.size, self._enc.sha1.hex(), self._enc.key_id)
 
     def abort(self) -> None:
-        """Drop the document being written (no-op once finished)."""
-        if self._done:
+        """Drop the document being written (no-op once finished, or once sealed: then
+        its persisting owns the file)."""
+        if self._done or self._sealed:
             return
         self._done = True
         self._cleanup()
