@@ -11,6 +11,7 @@ ITI-42, Registry           110107      C       patient, submission set
 ITI-41, Repository         110107      C       patient, submission set
 ITI-42, Repository→Reg.    110106      R       patient, submission set (export side)
 ITI-43, Repository         110106      R       documents (+ repository, home community)
+HTTP read (cda.web)        110106      R       patient(s), document (rendered document)
 ITI-8 / ITI-44, PIX Mgr.   110110      C/U/D   patient(s) + MSH-10 / message id (II)
 ITI-9 / ITI-45, PIX Mgr.   110112      E       patient(s), query (QPD / queryByParameter)
 ITI-10 / ITI-46, PIX Mgr.  110110      U       patient(s) + MSH-10 / message id (II)
@@ -377,6 +378,57 @@ def audit_log_used(reader_subject: str | None, reader_address: str | None, uri: 
 
 
 NODE_AUTHENTICATION = ("110126", DCM, "Node Authentication")
+
+
+# ------------------------------------------------------------------------ health data over HTTP
+#: EventTypeCodes of the plain-HTTP reads of health data (:mod:`cda.web`). No IHE
+#: transaction describes them: the codes are ours, the code system names the routes.
+HTTP_READ = "urn:opendmp:http-read"
+DOCUMENT_HTML = "document-html"
+PATIENT_SUMMARY = "patient-summary"
+HTTP_READ_TYPES = {
+    DOCUMENT_HTML: (DOCUMENT_HTML, HTTP_READ, "Rendered document (GET /documents/<uniqueId>.html)"),
+    PATIENT_SUMMARY: (PATIENT_SUMMARY, HTTP_READ, "Patient summary (GET /patients/<INS>/summary)"),
+}
+EXPORT = ("110106", DCM, "Export")
+
+
+def document_object(unique_id: str) -> PObject:
+    """A document by its uniqueId: System Object (2), Report (3), Report Number (9), as
+    ITI TF-2b §3.43.6.1.2 names retrieved documents."""
+    return PObject(unique_id, "2", "3", ("9", RFC3881, "Report Number"))
+
+
+def health_data_read(route: str, url: str, reader_subject: str | None,
+                     reader_address: str | None, outcome: int, patients: list[str] = (),
+                     document: str | None = None,
+                     description: str | None = None) -> AuditDataset:
+    """A read of health data over plain HTTP (:mod:`cda.web`: a stored CDA rendered as
+    HTML, a patient's summary), granted or refused, audited as the node that serves it.
+
+    Export (110106, ``R``), as IHE audits a document served to the node that asked for
+    it: the Document Repository's ITI-43 (ITI TF-2b §3.43.6.1.2) and, over plain HTTP,
+    the Document Responder's ITI-68 (MHD, "Audit Event for Retrieve Document", Export R
+    with the patient and the document uniqueId). The health data leaves this node for the
+    reader's (DICOM PS3.15 A.5.3.4 Data Export: data leaving the control of the system's
+    security domain; as for ITI-43 the network destination is the Destination participant,
+    with no Destination Media). Patient Record (110110, A.5.3.14) is what IHE uses for
+    changes to a patient's identity (ITI-8/44, here the access history's
+    ``identity_update``), not for clinical content served to another node.
+
+    Participants: this node as Source (110153; ``url`` is the request URL), the reader
+    as Destination (110152) and requestor: its TLS client certificate subject (also its
+    ``UserName``), else its address. Objects: the patient(s) (type 1, role 1, Patient
+    Number) and the document (:func:`document_object`); an unknown document names no
+    patient."""
+    source = Participant(url, False, SOURCE_ROLE, alt_user_id=str(os.getpid()), nap=HOSTNAME)
+    reader = Participant(reader_subject or reader_address or "unknown", True, DEST_ROLE,
+                         user_name=reader_subject, nap=reader_address)
+    objects = [patient_object(p) for p in dict.fromkeys(patients)]
+    if document:
+        objects.append(document_object(document))
+    return AuditDataset(EXPORT, "R", HTTP_READ_TYPES[route], outcome, description,
+                        [source, reader], objects)
 
 
 # ------------------------------------------------------------------------ PIX Manager

@@ -22,6 +22,12 @@ ITI-8 / ITI-44 (110110)            ``identity_update``   the patient's identity 
 ITI-9 / ITI-45 (110112)            ``identity_query``    the patient's identifiers looked up
 Security Alert (110113)            ``refused``           a request naming the patient was
                                                          refused (XUA, access policy)
+HTTP reads (110106, ``cda.web``)   ``reading``           health data read over plain HTTP,
+                                                         granted or refused (403): the
+                                                         transaction is ``document-html``
+                                                         (``GET /documents/<uid>.html``)
+                                                         or ``patient-summary``
+                                                         (``GET /patients/<INS>/summary``)
 =================================  ====================  ==================================
 
 Not listed: ITI-42 as sent by our repository to its registry (the same submission),
@@ -29,15 +35,17 @@ ITI-10/ITI-46 notifications (OpenDMP informs subscribed systems of identity link
 accessed the record), application start/stop, audit-log reads.
 
 Each entry says who (the person of the XUA assertion: id, name, roles; and the node: its
-certificate subject or address), when, how (the VIHF access mode — ``normal``,
-``bris_de_glace``, ``centre_15`` — from the assertion's PurposeOfUse), what (documents,
-submission set) and the result: ``granted``, ``refused`` (a refusal, or an answer with
-errors) or ``failed`` (our internal error).
+certificate subject or address; the plain-HTTP reads carry no assertion: the reading
+node's certificate subject, else its address), when, how (the VIHF access mode —
+``normal``, ``bris_de_glace``, ``centre_15`` — from the assertion's PurposeOfUse), what
+(documents, submission set) and the result: ``granted``, ``refused`` (a refusal, or an
+answer with errors) or ``failed`` (our internal error).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .events import DOCUMENT_HTML, PATIENT_SUMMARY
 from .query import StoredAudit, iso
 
 SOURCE_ROLE, DEST_ROLE = "110153", "110152"
@@ -45,7 +53,8 @@ _PIX_FEED, _PIX_QUERY = {"ITI-8", "ITI-44"}, {"ITI-9", "ITI-45"}
 _KINDS = {"ITI-18": "consultation", "ITI-43": "retrieval", "ITI-41": "submission",
           "ITI-42": "submission", "ITI-57": "update", "ITI-62": "deletion",
           **{t: "identity_update" for t in _PIX_FEED},
-          **{t: "identity_query" for t in _PIX_QUERY}}
+          **{t: "identity_query" for t in _PIX_QUERY},
+          DOCUMENT_HTML: "reading", PATIENT_SUMMARY: "reading"}
 
 
 @dataclass(frozen=True)

@@ -299,3 +299,39 @@ class AuditedRegistryGateway:
     def is_registered(self, unique_id: str) -> bool:
         return self.inner.is_registered(unique_id)
 
+
+
+# ------------------------------------------------------------------ health data over HTTP
+def http_outcome(status: int) -> int:
+    """The EventOutcomeIndicator of a read answered with HTTP ``status``: 0 the data was
+    served (2xx), 4 there was nothing to serve (404: unknown document, no summary), 12 our
+    failure (5xx), 8 a refused or unreadable request (403 by the access policy, 400, 413,
+    415)."""
+    if 200 <= status < 300:
+        return ev.OUTCOME_SUCCESS
+    if status == 404:
+        return ev.OUTCOME_MINOR
+    return ev.OUTCOME_MAJOR if status >= 500 else ev.OUTCOME_SERIOUS
+
+
+def health_data_reads(auditor: Auditor) -> Callable[..., None] | None:
+    """The ``audit`` callback of :func:`cda.web.routes`: every answer of the plain-HTTP
+    health-data routes, granted or refused, becomes :func:`atna.events.health_data_read`
+    (the facts copied now, in the request's thread; the message built by the auditor's
+    thread). None when ATNA has no destination: the routes then skip looking up whose
+    data was asked for."""
+    if not auditor.enabled:
+        return None
+
+    def audit(route: str, reader, url: str, status: str, message: str,
+              patients, document: str | None) -> None:
+        try:
+            outcome = http_outcome(int(status.split(" ", 1)[0]))
+            text = None if outcome == ev.OUTCOME_SUCCESS else f"{status}: {message}"
+            subject, address, named = reader.subject, reader.address, list(patients)
+            auditor.submit(lambda: ev.health_data_read(route, url, subject, address, outcome,
+                                                       named, document, text))
+        except Exception:  # noqa: BLE001 - never break the answer
+            log.exception("could not audit the read of %s", url)
+
+    return audit

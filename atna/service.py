@@ -107,10 +107,12 @@ def _user() -> str:
         return str(os.getuid())
 
 
-def wsgi_parts(settings, engine, endpoints: list, repository=None) -> tuple[list, dict]:
-    """Audited endpoints and the audit routes for :func:`opendmp.app.create_app`."""
+def wsgi_parts(settings, engine, endpoints: list, repository=None) -> tuple[list, dict, object]:
+    """Audited endpoints, the audit routes and the audit of the plain-HTTP health-data
+    reads (:func:`atna.hooks.health_data_reads`, for :func:`cda.web.routes`) for
+    :func:`opendmp.app.create_app`."""
     from opendmp.policy import HttpReaders
-    from .hooks import AuditedRegistryGateway, audit_endpoint
+    from .hooks import AuditedRegistryGateway, audit_endpoint, health_data_reads
     from .http import audit_routes
 
     audit = AuditSettings.from_env(settings.env)
@@ -122,4 +124,5 @@ def wsgi_parts(settings, engine, endpoints: list, repository=None) -> tuple[list
                                                      repository.settings.registry_url, auditor)
     routes = audit_routes(engine, HttpReaders.from_env(settings.env),
                           auditor if auditor.enabled else None, audit.source_id)
-    return [audit_endpoint(ep, auditor) for ep in endpoints], routes
+    return ([audit_endpoint(ep, auditor) for ep in endpoints], routes,
+            health_data_reads(auditor))

@@ -23,9 +23,9 @@ from lxml import etree
 from sqlalchemy import delete, insert, select
 
 from opendmp.db import read_transaction, write_transaction
-from opendmp.schema import cda_summary_item
+from opendmp.schema import cda_summary_item, patient
 
-from .document import NS, V3, XSI, CdaHeader, utc_now_dtm
+from .document import INS_OIDS, NS, V3, XSI, CdaHeader, utc_now_dtm
 
 T_IMMUNIZATION = "1.3.6.1.4.1.19376.1.5.3.1.4.12"
 T_ALLERGY = "1.3.6.1.4.1.19376.1.5.3.1.4.6"
@@ -268,4 +268,20 @@ def patient_summary(engine, ins: str) -> dict | None:
     return out
 
 
-__all__ = ["BodyFacts", "Fact", "extract", "patient_summary", "store_summary"]
+def patient_identifiers(engine, ins: str) -> list[str]:
+    """The patient identifiers (CX ``<INS>^^^&<OID>&ISO``) this node knows for a
+    15-character INS: those of its summary rows, and those of the registry's patients
+    under an INS OID. The summary route is asked for an INS without its OID; its audit
+    names the patient as the access history looks it up (:mod:`cda.web`)."""
+    t = cda_summary_item
+    candidates = [f"{ins}^^^&{oid}&ISO" for oid in INS_OIDS]
+    with read_transaction(engine) as conn:
+        roots = conn.execute(select(t.c.ins_root).where(t.c.ins == ins).distinct()).scalars()
+        found = {f"{ins}^^^&{root}&ISO" for root in roots}
+        found.update(conn.execute(select(patient.c.cx).where(patient.c.cx.in_(candidates)))
+                     .scalars())
+    return sorted(found)
+
+
+__all__ = ["BodyFacts", "Fact", "extract", "patient_identifiers", "patient_summary",
+           "store_summary"]

@@ -34,7 +34,7 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
         return {"status": "ok", "database": engine.dialect.name}
 
     # ATNA (atna.service): every transaction audited; GET /audit and /fhir/AuditEvent.
-    endpoints, audit_routes = atna_wsgi_parts(
+    endpoints, audit_routes, read_audit = atna_wsgi_parts(
         settings, engine, [registry_endpoint(engine, domain),
                            repository_endpoint(repository, domain.home_community_id),
                            pix_v3_endpoint(engine, settings.env)], repository)
@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> SoapApplication:
         max_body=settings.max_request_bytes,
         max_mtom_body=settings.max_mtom_request_bytes,
         health=health,
-        extra_routes={**cda_routes(engine, repository, HttpReaders.from_env(settings.env)),
+        extra_routes={**cda_routes(engine, repository, HttpReaders.from_env(settings.env),
+                                   read_audit),  # health-data reads audited
                       **audit_routes},
         # XUA (xua/, soapstack/wssecurity.py): OPENDMP_XUA=required|optional|off
         security=xua_step(settings.env, settings.home),

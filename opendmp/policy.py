@@ -186,7 +186,8 @@ def _current_identifiers(conn: Connection, cxs: set[str]) -> dict[str, str]:
 # mutual TLS with the configured trust store): there is no header to claim one. The
 # command line (``opendmp audit ...``) reads the database directly: whoever runs it holds
 # the database credentials (an operator). Refused reads are answered 403 and audited
-# (DICOM 110101 Audit Log Used, outcome 8).
+# (DICOM 110101 Audit Log Used, outcome 8); reads of health data, granted or refused, as
+# 110106 Export (cda.web, atna.hooks.health_data_reads).
 # ------------------------------------------------------------------------------------------
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 

@@ -86,8 +86,14 @@ PATIENT = "1840575123456^^^&1.2.250.1.213.1.4.8&ISO^NH"
     ev.application_activity(True, "opendmp serve", "root"),
     ev.application_activity(False, "opendmp serve"),
     ev.security_alert(ev.NODE_AUTHENTICATION, "opendmp-arr", "TLS handshake refused", "10.9.9.9"),
+    ev.health_data_read(ev.DOCUMENT_HTML, "https://h/documents/1.2.3.5.html", "commonName=portal",
+                        "10.1.2.3", 0, [PATIENT], "1.2.3.5"),
+    ev.health_data_read(ev.PATIENT_SUMMARY, "https://h/patients/x/summary", None, "10.1.2.3", 8,
+                        description="403 Forbidden: not a health-data reader"),
+    ev.health_data_read(ev.DOCUMENT_HTML, "https://h/documents/9.9.html", None, "::1", 4,
+                        document="9.9", description="404 Not Found: no such document"),
 ], ids=["iti18", "iti18-fault", "iti42", "iti41-failure", "iti42-export", "iti43", "start", "stop",
-        "alert"])
+        "alert", "http-read", "http-read-refused", "http-read-unknown"])
 def test_our_audit_messages_validate_against_the_dicom_schema(dataset):
     xml = ev.build(dataset)
     record = parse_audit(xml)
@@ -197,3 +203,21 @@ def test_ingest_index_refuses_what_the_typed_record_refuses(payload):
         parse_audit(payload)
     with pytest.raises(NotAnAuditMessage):
         read_index(payload)
+
+
+def test_http_read_route_names_are_the_event_types_the_history_reads_as_reading():
+    """cda.web names its routes without importing atna: the names must be the builders'
+    EventTypeCodes, and the history must list them as reads."""
+    from atna.history import _KINDS
+    from cda import web
+
+    for route in (web.DOCUMENT_HTML, web.PATIENT_SUMMARY):
+        assert ev.HTTP_READ_TYPES[route][0] == route and _KINDS[route] == "reading"
+
+
+@pytest.mark.parametrize("status, outcome", [(200, 0), (404, 4), (403, 8), (400, 8), (413, 8),
+                                             (415, 8), (500, 12)])
+def test_http_read_outcome_follows_the_answer(status, outcome):
+    from atna.hooks import http_outcome
+
+    assert http_outcome(status) == outcome
