@@ -9,6 +9,8 @@ from typing import Callable
 
 from gunicorn.app.base import BaseApplication
 
+from . import memory
+
 log = logging.getLogger("opendmp.serve")
 
 
@@ -50,9 +52,19 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        """Build the application in the worker (after the fork), with the memory
+        settings of :mod:`opendmp.memory`."""
+        import os
+
+        from soapstack.mtom import READ_SIZE
+
         from .app import create_app
 
-        return create_app()
+        memory.limit_malloc_arenas(memory.settings_from_env(os.environ))
+        memory.cap_body_read_ahead(READ_SIZE)
+        app = create_app()
+        memory.release_free_memory()
+        return app
 
 
 def _tls_options(tls) -> dict:
@@ -93,5 +105,6 @@ def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=N
         # gunicorn 27's control socket defaults to one path per user: several servers
         # (tests, benchmarks, nodes sharing a home) would fight over it.
         "control_socket_disable": True,
+        "pre_fork": memory.freeze_before_fork,
     }).run()
     return 0
