@@ -9,6 +9,10 @@ from .config import Settings
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if sys.argv[1:2] == ["serve"]:  # the process's own command (not main(argv) in-process)
+        from .memory import reexec_optimized  # python -OO: no docstrings in memory
+
+        reexec_optimized(sys.argv[1:], dict(os.environ))
     from .db import migrate_in_child
     from .server import Listener, run_gunicorn, start_listeners, stop_listeners
 

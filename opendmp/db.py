@@ -7,6 +7,8 @@ of failing on lock upgrade); PostgreSQL gets a connection pool and psycopg 3.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -19,8 +21,24 @@ if TYPE_CHECKING:
 MIGRATIONS = Path(__file__).with_name("migrations")
 
 
+def _forget_pool_after_fork(ref: "weakref.ref[Engine]") -> None:
+    """In a forked child (a gunicorn worker of a preloaded app), drop the pooled
+    connections inherited from the parent without closing them: they belong to the
+    parent (SQLAlchemy, "Using Connection Pools with Multiprocessing")."""
+    engine = ref()
+    if engine is not None:
+        engine.dispose(close=False)
+
+
 def make_engine(url: str) -> Engine:
     """Create the engine for ``url`` (``sqlite:///...`` or ``postgresql+psycopg://...``)."""
+    engine = _make_engine(url)
+    ref = weakref.ref(engine)
+    os.register_at_fork(after_in_child=lambda: _forget_pool_after_fork(ref))
+    return engine
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 

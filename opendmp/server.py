@@ -9,6 +9,8 @@ from typing import Callable
 
 from gunicorn.app.base import BaseApplication
 
+from . import memory
+
 log = logging.getLogger("opendmp.serve")
 
 
@@ -50,9 +52,21 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        """Build the application, once, in the gunicorn master (``preload_app``): the
+        workers fork with it loaded and share its pages, and its import garbage is
+        released before the fork (:mod:`opendmp.memory`). A new worker (after a
+        crash or a timeout) starts without importing anything."""
+        import os
+
+        from soapstack.mtom import READ_SIZE
+
         from .app import create_app
 
-        return create_app()
+        memory.limit_malloc_arenas(memory.malloc_arenas(os.environ))
+        memory.cap_body_read_ahead(READ_SIZE)
+        app = create_app()
+        memory.release_free_memory()
+        return app
 
 
 def _tls_options(tls) -> dict:
@@ -93,5 +107,8 @@ def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=N
         # gunicorn 27's control socket defaults to one path per user: several servers
         # (tests, benchmarks, nodes sharing a home) would fight over it.
         "control_socket_disable": True,
+        "pre_fork": memory.freeze_before_fork,
+        # the application is loaded once, in the master (opendmp.memory)
+        "preload_app": True,
     }).run()
     return 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
-import httpx
 from lxml import etree
 from sqlalchemy import Connection, Engine
 
@@ -18,7 +17,6 @@ from registry.ebrim import submit_objects_request
 from registry.iti42 import register_submission
 from registry.model import Submission
 from registry.service import ITI18_ACTION, ITI42_ACTION
-from soapstack.client import SoapClient
 from soapstack.envelope import SoapFault
 from soapstack.namespaces import QUERY, RIM, RS
 
@@ -71,6 +69,11 @@ class RemoteRegistry:
         self.timeout = timeout
 
     def _call(self, action: str, body: etree._Element) -> etree._Element:
+        # the HTTP client (httpx) is loaded by the deployments with a remote registry only
+        import httpx
+
+        from soapstack.client import SoapClient
+
         client = SoapClient(self.url, timeout=self.timeout)
         try:
             return client.call(action, body).payload

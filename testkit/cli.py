@@ -23,8 +23,6 @@ from pathlib import Path
 
 from .context import DEFAULT_ASSIGNING_AUTHORITY, PatientIds, RunContext
 from .plan import PlanError, load_test, order_with_dependencies, tests_in_collection
-from .report import Summary, format_line, format_verbose, write_json
-from .steps import Endpoints, Runner, parse_feed_spec
 
 
 def register(subparsers) -> None:
@@ -109,6 +107,11 @@ def _test_paths(args, roots: list[Path]) -> list[Path]:
 
 def run(args) -> int:
     """Execute ``testkit run``; 0 when no step failed."""
+    # the SOAP client (httpx) is loaded here, not when any ``opendmp`` command (``serve``
+    # among them) builds its parser
+    from .report import Summary, format_line, format_verbose, write_json
+    from .steps import Endpoints, Runner, parse_feed_spec
+
     out = sys.stdout
     if getattr(args, "testkit_command", "run") != "run":
         print("usage: opendmp testkit run TESTDIR... --registry URL", file=sys.stderr)
