@@ -388,8 +388,18 @@ def run_phase(job: Job, clients: int, seconds: float, warmup: float,
         res.client_cpu_s += cpu
     for p in procs:
         p.join(60)
+    res.cpu = cpu_split(before, after, seconds, res.client_cpu_s)
+    _JOB = None
+    return res
+
+
+def cpu_split(before: CpuSample, after: CpuSample, window: float, clients_cpu_s: float) -> dict:
+    """The % of the machine each part used over the ``window`` seconds between two
+    samples: server (and per gunicorn process, busiest first: the master is the near-zero
+    one), postgres, clients (``clients_cpu_s``, the generator's own CPU time), others (the
+    busiest named), machine, and foreign = machine minus ours."""
     ncpu = os.cpu_count() or 1
-    wall_ticks = seconds * _TICK * ncpu
+    wall_ticks = window * _TICK * ncpu
 
     def share(ticks: float) -> float:
         return 100.0 * ticks / wall_ticks
@@ -398,20 +408,17 @@ def run_phase(job: Job, clients: int, seconds: float, warmup: float,
     others = {pid: t for pid, t in _delta(after.others, before.others).items()
               if pid in before.others and t > 0}
     top = sorted(others.items(), key=lambda kv: -kv[1])[:3]
-    res.cpu = {
+    cpu = {
         "machine": 100.0 * (after.machine_busy - before.machine_busy)
         / max(1, after.machine_total - before.machine_total),
         "server": share(sum(server.values())),
-        #: per gunicorn process, busiest first (the master is the near-zero one)
         "server_split": [round(share(t)) for t in sorted(server.values(), reverse=True)],
         "postgres": share(after.postgres - before.postgres),
-        "clients": share(res.client_cpu_s * _TICK),
+        "clients": share(clients_cpu_s * _TICK),
         "others": share(sum(others.values())),
         "others_top": [f"{_comm(pid)} {share(t):.0f}%" for pid, t in top if share(t) >= 1],
     }
     #: CPU used by neither the benchmark nor the product: other sessions on the machine,
     #: kernel threads, interrupts (loopback networking is a few %)
-    res.cpu["foreign"] = max(0.0, res.cpu["machine"] - res.cpu["clients"] - res.cpu["server"]
-                             - res.cpu["postgres"])
-    _JOB = None
-    return res
+    cpu["foreign"] = max(0.0, cpu["machine"] - cpu["clients"] - cpu["server"] - cpu["postgres"])
+    return cpu
