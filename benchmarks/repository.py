@@ -2,6 +2,7 @@
 
     python -m benchmarks.repository [--seconds 10] [--clients 4] [--db sqlite|postgresql]
         [--workers 2] [--threads 4] [--large 50,200] [--json FILE] [--profile DIR]
+        [--generator wrk|httpx|wrk,httpx]
 
 Starts the real server (gunicorn, tests/harness ServerProcess) on a durable PostgreSQL
 (benchmarks.pg, the registry benchmark's cluster: fsync and synchronous_commit on) or
@@ -36,8 +37,11 @@ repository may cross-check them). No hash is sent (the repository computes it).
    out (ITI-43), the server restarted with one worker (benchmarks/rss.py: VmHWM reset
    before each request and VmRSS polled every 20 ms).
 
-Clients are forked processes (the GIL would otherwise cap the generator), closed loop,
-on the same machine. CPU is read from /proc at both ends of each window (server process
+The load generator is wrk when installed (``apt-get install wrk``; benchmarks/wrk.py:
+one C thread, one keep-alive connection per client, the requests of (1) and (2) captured
+once from the Python path below and rendered per request from templates in LuaJIT), else
+forked Python processes running the product's client as described in (1) and (2)
+(``--generator httpx``); closed loop either way, on the same machine. CPU is read from /proc at both ends of each window (server process
 group, PostgreSQL, clients, and other processes); a run during which other processes
 took more than 10 % of the machine is measured again (``--retries``). Prints one markdown
 table and the machine facts; asserts nothing about timings. Where the server's time goes:
@@ -956,7 +960,8 @@ def dump_json(path: str, a, facts, docs, results, baseline, large, started, fini
         return {"clients": r.clients, "seconds": r.seconds, "count": r.count, "rate": r.rate,
                 "mean_ms": r.mean_ms, "p50_ms": r.pct(.5), "p90_ms": r.pct(.9),
                 "p99_ms": r.pct(.99), "max_ms": r.pct(1.0), "errors": r.errors,
-                "error_sample": r.error_sample, "cpu_percent": r.cpu}
+                "error_sample": r.error_sample, "cpu_percent": r.cpu,
+                "connections_per_server_process": r.connections}
 
     def floor(f: Floor | None):
         return None if f is None else {
@@ -1063,16 +1068,18 @@ def run(a: argparse.Namespace) -> int:
                 if spec is not None:
                     r = W.run_phase(wrk_request, spec, clients, a.seconds, a.warmup,
                                     server.proc.pid, postmaster, seed=a.seed * 10_000 + phase_no,
-                                    exe=a.wrk)
+                                    exe=a.wrk, server_port=server.port)
                 else:
                     r = C.run_phase(job, clients, a.seconds, a.warmup, server.proc.pid,
-                                    postmaster, seed=a.seed * 10_000 + phase_no)
+                                    postmaster, seed=a.seed * 10_000 + phase_no,
+                                    server_port=server.port)
                 if spies is not None:
                     log(f"  py-spy profile of {label}:\n" + P.finish(
                         spies, Path(a.profile) / f"{label}-summary.txt"))
                 log(f"  {label:18} {clients} client(s): {r.rate:8,.1f}/s  p50 {_ms(r.pct(.5))} "
                     f"p99 {_ms(r.pct(.99))} mean {_ms(r.mean_ms)} ms  errors {r.errors}  CPU% "
-                    f"srv {r.cpu['server']:.0f} {r.cpu['server_split']} pg "
+                    f"srv {r.cpu['server']:.0f} {r.cpu['server_split']} connections "
+                    f"{r.connections} pg "
                     f"{r.cpu['postgres']:.0f} cl "
                     f"{r.cpu['clients']:.0f} foreign {r.cpu['foreign']:.0f} all "
                     f"{r.cpu['machine']:.0f}"

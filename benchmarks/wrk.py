@@ -287,7 +287,7 @@ def _wait_ready(proc: subprocess.Popen, timeout: float = 120) -> bytes:
 
 def run_phase(req: Request, spec: Path, clients: int, seconds: float, warmup: float,
               server_pgid: int | None, postmaster: int | None, seed: int,
-              exe: str | None = None) -> WrkPhaseResult:
+              exe: str | None = None, server_port: int | None = None) -> WrkPhaseResult:
     """``clients`` keep-alive connections of one wrk thread, closed loop: a warm-up run
     of ``warmup`` seconds (not measured), then ``seconds`` measured with the CPU split of
     the window, like :func:`benchmarks.client.run_phase`."""
@@ -301,18 +301,21 @@ def run_phase(req: Request, spec: Path, clients: int, seconds: float, warmup: fl
         mine = frozenset([os.getpid(), pid])
         t0 = time.monotonic()
         before = C.CpuSample.take(server_pgid, postmaster, mine)
+        time.sleep(0.01)  # wrk connects as soon as its thread starts
+        connections = C.connections_per_process(before.server, server_port)
 
         def finish():
-            return time.monotonic() - t0, before, C.CpuSample.take(server_pgid, postmaster,
-                                                                   mine)
+            return (time.monotonic() - t0, before,
+                    C.CpuSample.take(server_pgid, postmaster, mine), connections)
         return finish
 
-    data, wrk_cpu, (window, before, after) = _run(exe, spec, req.url, clients, seconds,
-                                                  seed * 1000, seed, measure)
+    data, wrk_cpu, (window, before, after, connections) = _run(
+        exe, spec, req.url, clients, seconds, seed * 1000, seed, measure)
     lat = data["latency_us"]
     sock = data["socket_errors"]
     res = WrkPhaseResult(req.name, clients, data["duration_us"] / 1e6)
     res.raw = data
+    res.connections = connections
     res.n = int(data["ok"])
     res.errors = int(data["bad"]) + sum(int(v) for v in sock.values())
     res.error_sample = data.get("sample") or (
