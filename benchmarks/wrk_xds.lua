@@ -10,7 +10,8 @@
 --   blob      file holding the constant segments of the body, concatenated
 --   segs      lengths of those segments (one more than slots)
 --   slots     names of the values between them: MSGID and UUIDn (a fresh urn:uuid:),
---             NIR (a random patient), DE_UID / SS_UID (<uid_root>.<nonce>.<n>.1 / .2),
+--             NIR (a random patient), DE_UID / SS_UID (<uid_root>.<nonce + thread>.<n>.1
+--             / .2, n counting the thread's requests),
 --             SIZE (decimal size of the CDA: size_base + #NIR + #DE_UID), DOC_UID (a
 --             random entry of uids)
 --   patients, uids, uid_root, size_base
@@ -49,6 +50,7 @@ end
 local function base()
    return spec.uid_root .. "." .. nonce .. "." .. n
 end
+-- (nonce: the benchmark's, unique per run, + the thread number, so that threads differ)
 
 makers = {
    MSGID = urn_uuid,
@@ -73,7 +75,7 @@ end
 
 function init(args)
    spec = dofile(args[1])
-   nonce = args[2]
+   nonce = tostring(tonumber(args[2]) + tid)
    math.randomseed(tonumber(args[3]) * 1000 + tid)
    local blob = read_file(spec.blob)
    slots, nslots = spec.slots, #spec.slots

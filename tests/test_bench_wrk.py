@@ -179,7 +179,7 @@ def test_wrk_sends_the_python_generators_requests_and_counts_bad_answers(
     try:
         req = R.wrk_iti41(server.url, patients, doc, "1.2.250.1.999.32")
         spec = req.write(tmp_path)
-        data, cpu, _ = W._run(WRK, spec, server.url, 2, 1.0, nonce=901, seed=3)
+        data, cpu, _ = W._run(WRK, spec, server.url, 2, 1.0, nonce=900, seed=3)
     finally:
         server.close()
     sent = list(server.requests)
