@@ -927,9 +927,9 @@ def _generator(a) -> str:
     for gen in a.generators:
         name = f"({gen}) " if len(a.generators) > 1 else ""
         if gen == "wrk":
-            out.append(f"{name}{W.wrk_version(a.wrk)} (LuaJIT), one thread, one keep-alive "
-                       "connection per client, the httpx generator's requests as templates "
-                       "(benchmarks/wrk.py)")
+            out.append(f"{name}{W.wrk_version(a.wrk)} (LuaJIT), one thread and one keep-alive "
+                       f"connection per client, started {W.STAGGER_MS} ms apart, the httpx "
+                       "generator's requests as templates (benchmarks/wrk.py)")
         else:
             out.append(f"{name}forked Python processes, one keep-alive httpx client each (the "
                        "product's SoapClient)"

@@ -1,5 +1,5 @@
 """The wrk load generator: the same SOAP requests as :mod:`benchmarks.client`'s forked
-httpx processes, sent by wrk (C, one epoll thread, LuaJIT) so that the generator takes a
+httpx processes, sent by wrk (C, epoll, LuaJIT) so that the generator takes a
 small share of the 2 vCPUs it shares with the server.
 
 A request is captured once from the Python generator (the product's ``SoapClient`` on an
@@ -38,6 +38,8 @@ LUA = Path(__file__).with_name("wrk_xds.lua")
 INSTALL_HINT = "apt-get install wrk"
 #: per-request timeout given to wrk; wrk also sizes its latency histogram on it
 TIMEOUT_S = 60
+#: ms between the starts of wrk's threads (one connection each)
+STAGGER_MS = 20
 _RESULT = "WRK-RESULT "
 _URN_UUID = re.compile(rb"urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -234,13 +236,13 @@ def _run(exe: str, spec: Path, url: str, clients: int, seconds: float, nonce: in
     callable for the end of the window. Returns (wrk's JSON line, wrk's CPU seconds over
     the window, what the end callable returned)."""
     # -d is only a backstop: the run is ended by SIGINT after `seconds`
-    cmd = [exe, "-t1", f"-c{clients}", f"-d{math.ceil(seconds) + 60}s",
+    cmd = [exe, f"-t{clients}", f"-c{clients}", f"-d{math.ceil(seconds) + 60}s",
            "--timeout", f"{TIMEOUT_S}s", "-s", str(LUA), url, "--", str(spec), str(nonce),
-           str(seed)]
+           str(seed), str(STAGGER_MS)]
     with tempfile.TemporaryFile() as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE)
         try:
-            err = _wait_ready(proc)
+            err = _wait_ready(proc, clients)
             cpu0 = _ticks(proc.pid)
             finish = measure(proc.pid) if measure else None
             time.sleep(seconds)
@@ -266,13 +268,14 @@ def _run(exe: str, spec: Path, url: str, clients: int, seconds: float, nonce: in
     return json.loads(line[len(_RESULT):]), cpu, end
 
 
-def _wait_ready(proc: subprocess.Popen, timeout: float = 120) -> bytes:
-    """Read wrk's stderr up to the script's "wrk-ready" line (init() of the thread,
-    right before wrk starts the thread and its clock)."""
+def _wait_ready(proc: subprocess.Popen, threads: int, timeout: float = 120) -> bytes:
+    """Read wrk's stderr up to the script's "wrk-ready" line of the last thread (its
+    init(), right before wrk starts it, then its clock)."""
     buf = b""
     deadline = time.monotonic() + timeout
     fd = proc.stderr.fileno()
-    while b"wrk-ready" not in buf:
+    last = b"wrk-ready %d\n" % threads
+    while last not in buf:
         left = deadline - time.monotonic()
         if left <= 0 or proc.poll() is not None:
             raise RuntimeError(f"wrk did not start: {buf.decode('utf-8', 'replace')}")
@@ -282,13 +285,15 @@ def _wait_ready(proc: subprocess.Popen, timeout: float = 120) -> bytes:
                 proc.wait()
                 raise RuntimeError(f"wrk exited: {buf.decode('utf-8', 'replace')}")
             buf += chunk
-    return buf.replace(b"wrk-ready 1\n", b"")
+    return re.sub(rb"wrk-ready \d+\n", b"", buf)
 
 
 def run_phase(req: Request, spec: Path, clients: int, seconds: float, warmup: float,
               server_pgid: int | None, postmaster: int | None, seed: int,
               exe: str | None = None, server_port: int | None = None) -> WrkPhaseResult:
-    """``clients`` keep-alive connections of one wrk thread, closed loop: a warm-up run
+    """``clients`` keep-alive connections, one wrk thread each, started ``STAGGER_MS``
+    apart (so that gunicorn's workers share them as they would independent clients'),
+    closed loop: a warm-up run
     of ``warmup`` seconds (not measured), then ``seconds`` measured with the CPU split of
     the window, like :func:`benchmarks.client.run_phase`."""
     exe = exe or wrk_path()

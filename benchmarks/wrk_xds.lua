@@ -3,7 +3,8 @@
 -- benchmarks/wrk.py built once with the product's client code, checks every answer,
 -- and prints one JSON line with the results.
 --
---   wrk -t1 -c<clients> -d<s> --timeout <s> -s wrk_xds.lua <url> -- <spec.lua> <nonce> <seed>
+--   wrk -t<clients> -c<clients> -d<s> --timeout <s> -s wrk_xds.lua <url> \
+--       -- <spec.lua> <nonce> <seed> <stagger ms>
 --
 -- spec.lua (written by benchmarks/wrk.py) returns a table:
 --   head      request line and headers, each ending with CRLF, without Content-Length
@@ -17,6 +18,9 @@
 --   patients, uids, uid_root, size_base
 --   success   the text a good answer contains; min_body: its smallest length
 -- A slot name that occurs several times takes the same value in one request.
+
+local ffi = require("ffi")
+ffi.cdef [[int usleep(unsigned int usec);]]
 
 local threads = {}
 
@@ -90,6 +94,11 @@ function init(args)
    end
    assert(pos == #blob + 1, "spec.segs do not add up to the blob")
    assert(#spec.segs == nslots + 1, "one more segment than slots expected")
+   -- wrk starts this thread, which opens its connection at once, right after init():
+   -- waiting here spaces the connections like independent clients' (opened together,
+   -- they all land on the gunicorn worker that wins the accept race)
+   local stagger = tonumber(args[4] or "0")
+   if tid > 1 and stagger > 0 then ffi.C.usleep(stagger * 1000) end
    io.stderr:write("wrk-ready " .. tid .. "\n")
 end
 
