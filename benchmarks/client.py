@@ -255,6 +255,9 @@ class PhaseResult:
     discarded: list[float] = field(default_factory=list)
     #: keys of the successful requests, warm-up included (ITI-41: the uniqueIds stored)
     stored: list[str] = field(default_factory=list)
+    #: open connections from the clients per server process, busiest first, sampled at the
+    #: start of the window (keep-alive connections stay on the worker that accepted them)
+    connections: list[int] = field(default_factory=list)
 
     @property
     def disturbed(self) -> bool:
@@ -355,7 +358,8 @@ def _client_main(conn, index: int, seed: int, t_start: float, t_end: float,
 
 
 def run_phase(job: Job, clients: int, seconds: float, warmup: float,
-              server_pgid: int | None, postmaster: int | None, seed: int) -> PhaseResult:
+              server_pgid: int | None, postmaster: int | None, seed: int,
+              server_port: int | None = None) -> PhaseResult:
     """``clients`` forked processes, closed loop, one keep-alive session each, for
     ``seconds`` after ``warmup``, with the CPU split of the measured window."""
     global _JOB
@@ -375,9 +379,11 @@ def run_phase(job: Job, clients: int, seconds: float, warmup: float,
     mine = frozenset([os.getpid(), *(p.pid for p in procs)])
     time.sleep(max(0.0, t_start - time.monotonic()))
     before = CpuSample.take(server_pgid, postmaster, mine)
+    connections = connections_per_process(before.server, server_port)
     time.sleep(max(0.0, t_end - time.monotonic()))
     after = CpuSample.take(server_pgid, postmaster, mine)
     res = PhaseResult(job.name, clients, seconds)
+    res.connections = connections
     for parent in pipes:
         lat, errors, sample, results, stored, cpu = parent.recv()
         res.latencies += lat
@@ -388,8 +394,18 @@ def run_phase(job: Job, clients: int, seconds: float, warmup: float,
         res.client_cpu_s += cpu
     for p in procs:
         p.join(60)
+    res.cpu = cpu_split(before, after, seconds, res.client_cpu_s)
+    _JOB = None
+    return res
+
+
+def cpu_split(before: CpuSample, after: CpuSample, window: float, clients_cpu_s: float) -> dict:
+    """The % of the machine each part used over the ``window`` seconds between two
+    samples: server (and per gunicorn process, busiest first: the master is the near-zero
+    one), postgres, clients (``clients_cpu_s``, the generator's own CPU time), others (the
+    busiest named), machine, and foreign = machine minus ours."""
     ncpu = os.cpu_count() or 1
-    wall_ticks = seconds * _TICK * ncpu
+    wall_ticks = window * _TICK * ncpu
 
     def share(ticks: float) -> float:
         return 100.0 * ticks / wall_ticks
@@ -398,20 +414,49 @@ def run_phase(job: Job, clients: int, seconds: float, warmup: float,
     others = {pid: t for pid, t in _delta(after.others, before.others).items()
               if pid in before.others and t > 0}
     top = sorted(others.items(), key=lambda kv: -kv[1])[:3]
-    res.cpu = {
+    cpu = {
         "machine": 100.0 * (after.machine_busy - before.machine_busy)
         / max(1, after.machine_total - before.machine_total),
         "server": share(sum(server.values())),
-        #: per gunicorn process, busiest first (the master is the near-zero one)
         "server_split": [round(share(t)) for t in sorted(server.values(), reverse=True)],
         "postgres": share(after.postgres - before.postgres),
-        "clients": share(res.client_cpu_s * _TICK),
+        "clients": share(clients_cpu_s * _TICK),
         "others": share(sum(others.values())),
         "others_top": [f"{_comm(pid)} {share(t):.0f}%" for pid, t in top if share(t) >= 1],
     }
     #: CPU used by neither the benchmark nor the product: other sessions on the machine,
     #: kernel threads, interrupts (loopback networking is a few %)
-    res.cpu["foreign"] = max(0.0, res.cpu["machine"] - res.cpu["clients"] - res.cpu["server"]
-                             - res.cpu["postgres"])
-    _JOB = None
-    return res
+    cpu["foreign"] = max(0.0, cpu["machine"] - cpu["clients"] - cpu["server"] - cpu["postgres"])
+    return cpu
+
+
+def connections_per_process(pids, port: int | None) -> list[int]:
+    """Established TCP connections to ``port`` (IPv4 loopback, /proc/net/tcp) held by each
+    of ``pids``, busiest first, processes without any left out."""
+    if port is None:
+        return []
+    established = set()
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    established.add(f"socket:[{fields[9]}]")
+    except OSError:
+        return []
+    counts = []
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        n = 0
+        for fd in fds:
+            try:
+                n += os.readlink(f"/proc/{pid}/fd/{fd}") in established
+            except OSError:
+                pass
+        if n:
+            counts.append(n)
+    return sorted(counts, reverse=True)

@@ -2,6 +2,7 @@
 
     python -m benchmarks.repository [--seconds 10] [--clients 4] [--db sqlite|postgresql]
         [--workers 2] [--threads 4] [--large 50,200] [--json FILE] [--profile DIR]
+        [--generator wrk|httpx|wrk,httpx]
 
 Starts the real server (gunicorn, tests/harness ServerProcess) on a durable PostgreSQL
 (benchmarks.pg, the registry benchmark's cluster: fsync and synchronous_commit on) or
@@ -36,8 +37,11 @@ repository may cross-check them). No hash is sent (the repository computes it).
    out (ITI-43), the server restarted with one worker (benchmarks/rss.py: VmHWM reset
    before each request and VmRSS polled every 20 ms).
 
-Clients are forked processes (the GIL would otherwise cap the generator), closed loop,
-on the same machine. CPU is read from /proc at both ends of each window (server process
+The load generator is wrk when installed (``apt-get install wrk``; benchmarks/wrk.py:
+one C thread, one keep-alive connection per client, the requests of (1) and (2) captured
+once from the Python path below and rendered per request from templates in LuaJIT), else
+forked Python processes running the product's client as described in (1) and (2)
+(``--generator httpx``); closed loop either way, on the same machine. CPU is read from /proc at both ends of each window (server process
 group, PostgreSQL, clients, and other processes); a run during which other processes
 took more than 10 % of the machine is measured again (``--retries``). Prints one markdown
 table and the machine facts; asserts nothing about timings. Where the server's time goes:
@@ -52,12 +56,13 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -88,6 +93,7 @@ from soapstack.namespaces import RS, XDSB
 from . import client as C
 from . import profile as P
 from . import rss
+from . import wrk as W
 from .registry import machine_facts
 
 KIB, MIB = 1024, 1024 * 1024
@@ -123,6 +129,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra environment of the server, for A/B comparisons (e.g. "
                         "OPENDMP_CDA_CHECK=off, OPENDMP_AUDIT_REPOSITORIES=none); repeatable")
+    p.add_argument("--generator", metavar="wrk|httpx|wrk,httpx",
+                   help="load generator: wrk (C + LuaJIT, the default when installed: "
+                        f"{W.INSTALL_HINT}) or httpx (forked Python processes, the product's "
+                        "SoapClient, the fallback); a list measures each document with each, "
+                        "one after the other on the same server; see benchmarks/README.md")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the results as JSON to this file")
     p.add_argument("--profile", metavar="DIR",
@@ -137,6 +148,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         a.server_env = dict(x.split("=", 1) for x in a.server_env)
     except ValueError:
         p.error("--server-env takes NAME=VALUE")
+    a.wrk = W.wrk_path()
+    a.generator_note = ""
+    if a.generator is None:
+        a.generators = ["wrk" if a.wrk else "httpx"]
+        if not a.wrk:
+            a.generator_note = f"wrk not installed ({W.INSTALL_HINT}): httpx generator used"
+            log(a.generator_note)
+    else:
+        a.generators = [x.strip() for x in a.generator.split(",") if x.strip()]
+        if not a.generators or set(a.generators) - {"wrk", "httpx"}:
+            p.error("--generator takes wrk, httpx or a list of them")
+        if "wrk" in a.generators and not a.wrk:
+            p.error(f"--generator wrk: wrk not found ({W.INSTALL_HINT})")
     if a.profile and P.py_spy() is None:
         p.error("--profile needs py-spy on PATH or PY_SPY=/path/to/py-spy")
     return a
@@ -357,6 +381,125 @@ class Iti43Job:
         if error is None and (len(docs) != 1 or abs(len(docs[0].content) - self.size) > 64):
             error = f"got {[len(d.content) for d in docs]} bytes, expected ~[{self.size}]"
         return error, 0
+
+
+# The same requests for wrk (benchmarks/wrk.py): one request of each job is captured as the
+# Python generator sends it, with sentinel values, and cut into a template; a second one,
+# with other values, must come out of the template byte for byte (after the per-message
+# MIME boundary, Content-IDs and tests/factory's symbolic ids, which the server does not
+# keep).
+
+_TPL_UID_ROOT = "1.2.250.1.999.424242"
+_SIZE_VALUE = re.compile(rb'<rim:Slot name="size"><rim:ValueList><rim:Value>(\d+)</rim:Value>')
+_MESSAGE_ID = re.compile(rb"<wsa:MessageID>(urn:uuid:[^<]+)</wsa:MessageID>")
+#: per-message values that are not slots of the template (the same length every time)
+_PER_MESSAGE = re.compile(rb"MIMEBoundary_[0-9a-f]+|(?:root|doc)\.[0-9a-f]{32}@opendmp"
+                          rb"|\b(?:Document|Assoc)\d+\b")
+
+
+def _uid_spans(data: bytes, uid: str) -> list[tuple[int, int]]:
+    """Occurrences of the OID ``uid`` not followed by more of an OID."""
+    return [m.span() for m in re.finditer(re.escape(uid.encode()) + rb"(?![0-9.])", data)]
+
+
+def normalized(data: bytes) -> bytes:
+    """A request with the MIME boundary, Content-IDs and symbolic ids blanked."""
+    return _PER_MESSAGE.sub(b"~", data)
+
+
+def _check_template(req: W.Request, cap: W.Captured, values: dict[str, bytes],
+                    what: str) -> None:
+    if normalized(req.body.render(values)) != normalized(cap.body):
+        raise RuntimeError(f"{what}: the wrk template does not render the request the Python "
+                           "generator sends")
+    ctype = f"Content-Type: {cap.headers['content-type']}\r\n".encode()
+    if normalized(ctype) not in normalized(req.head):
+        raise RuntimeError(f"{what}: Content-Type differs")
+
+
+def _random_values(cap: W.Captured, other: W.Captured) -> dict[str, bytes]:
+    """MSGID and UUID1..n of a captured request, in the order the template has them."""
+    body = cap.body
+    msgid = _MESSAGE_ID.search(body).span(1)
+    values = {"MSGID": body[slice(*msgid)]}
+    uuids = [s for s in W.random_uuids(body, other.body) if s != msgid]
+    values.update({f"UUID{k}": body[slice(*s)] for k, s in enumerate(uuids, 1)})
+    return values
+
+
+def _random_spans(cap: W.Captured, other: W.Captured) -> list[tuple[int, int, str]]:
+    msgid = _MESSAGE_ID.search(cap.body).span(1)
+    uuids = [s for s in W.random_uuids(cap.body, other.body) if s != msgid]
+    return [(*msgid, "MSGID")] + [(*s, f"UUID{k}") for k, s in enumerate(uuids, 1)]
+
+
+def wrk_iti41(url: str, patients: list[str], doc: Document, uid_root: str) -> W.Request:
+    """:class:`Iti41Job` as a wrk template: slots for the message id and the random ids,
+    the patient (its INS-NIR, in the metadata and the CDA header), both uniqueIds (the
+    document's also in the CDA header) and the document's size in the metadata."""
+    suffix = "^" + patients[0].split("^", 1)[1]
+    if any("^" + p.split("^", 1)[1] != suffix for p in patients):
+        raise ValueError("wrk_iti41 needs patients of one assigning authority")
+
+    def capture(patient_nir: str, root: str, client: int, i: int):
+        job = Iti41Job(url, [patient_nir + suffix], doc, root)
+        _, prepared = job.prepare(random.Random(0), client, i)
+        cap = W.capture(lambda http: job.send(SoapClient(url, client=http), prepared))
+        return cap, f"{root}.{client}.{i}"
+
+    a, base_a = capture(SENTINEL_NIR, _TPL_UID_ROOT, 7, 7)
+    nir_b = patients[-1].split("^", 1)[0]
+    b, base_b = capture(nir_b, uid_root, 12, 345)
+    size_base = sum(map(len, doc.parts))
+    spans = _random_spans(a, b)
+    spans += [(*s, "NIR") for s in _uid_spans(a.body, SENTINEL_NIR)]
+    spans += [(*s, "DE_UID") for s in _uid_spans(a.body, base_a + ".1")]
+    spans += [(*s, "SS_UID") for s in _uid_spans(a.body, base_a + ".2")]
+    size = _SIZE_VALUE.search(a.body)
+    spans.append((*size.span(1), "SIZE"))
+    if int(size.group(1)) != size_base + len(SENTINEL_NIR) + len(base_a + ".1"):
+        raise RuntimeError("wrk_iti41: the size slot is not the document's size")
+    req = W.Request.from_capture(
+        "ITI-41", url, a, W.Template.from_spans(a.body, spans), C.SUCCESS,
+        patients=[p.split("^", 1)[0] for p in patients], uid_root=uid_root,
+        size_base=size_base)
+    values = _random_values(b, a) | {
+        "NIR": nir_b.encode(), "DE_UID": f"{base_b}.1".encode(),
+        "SS_UID": f"{base_b}.2".encode(), "SIZE": _SIZE_VALUE.search(b.body).group(1)}
+    _check_template(req, b, values, f"ITI-41 {doc.label}")
+    return req
+
+
+def wrk_iti43(url: str, repository_unique_id: str, uids: list[str], doc: Document
+              ) -> W.Request:
+    """:class:`Iti43Job` as a wrk template: slots for the message id and the document's
+    uniqueId; an answer must hold at least the document's size."""
+    def capture(uid: str):
+        job = Iti43Job(url, repository_unique_id, [uid], doc.size)
+        return W.capture(lambda http: job.send(SoapClient(url, client=http), uid))
+
+    sentinel = _TPL_UID_ROOT + ".43.1"
+    a, b = capture(sentinel), capture(uids[-1])
+    spans = _random_spans(a, b) + [(*s, "DOC_UID") for s in _uid_spans(a.body, sentinel)]
+    req = W.Request.from_capture(
+        "ITI-43", url, a, W.Template.from_spans(a.body, spans), C.SUCCESS,
+        uids=list(uids), min_body=doc.size - 64)
+    _check_template(req, b, _random_values(b, a) | {"DOC_UID": uids[-1].encode()},
+                    f"ITI-43 {doc.label}")
+    return req
+
+
+def stored_unique_ids(engine, prefix: str) -> list[str]:
+    """uniqueIds of the documents the repository holds (index rows COMMITTED) under the
+    OID ``prefix``: what the ITI-41 runs really stored."""
+    from sqlalchemy import select
+
+    from opendmp.schema import repository_document as rd
+    from repository.index import COMMITTED
+    with engine.connect() as conn:
+        rows = conn.execute(select(rd.c.unique_id).where(
+            rd.c.state == COMMITTED, rd.c.unique_id.like(prefix + ".%")).order_by(rd.c.pk))
+        return [r[0] for r in rows]
 
 
 #: smaps_rollup of the RSS run's worker at its baseline (benchmarks/rss.py)
@@ -639,7 +782,7 @@ def _ms(x: float) -> str:
 
 
 def _pp(r: Phase | None) -> str:
-    if r is None or not r.latencies:
+    if r is None or not r.count:
         return "–"
     return f"{_ms(r.pct(.5))} / {_ms(r.pct(.99))}"
 
@@ -659,8 +802,10 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
            large: list[LargeRun], started, finished) -> str:
     n = a.clients
     doc_labels = [d.label for d in docs]
-    cda_runs = {r.label: r for r in large if r.label in doc_labels}
-    big = [r for r in large if r.label not in doc_labels]
+    #: a column's document ("5 MB (wrk)" -> "5 MB": one RSS run per document)
+    base = {d.label: d.label.split(" (")[0] for d in docs}
+    cda_runs = {r.label: r for r in large if r.label in base.values()}
+    big = [r for r in large if r.label not in base.values()]
     cols = len(docs) + len(big)
     head = "| | " + " | ".join(doc_labels + [r.label for r in big]) + " | target |"
     sep = "|---|" + "---:|" * cols + "---|"
@@ -674,7 +819,7 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
         return [fn(results[d.label]) for d in docs]
 
     def rss_cells(fn) -> list[str]:
-        return [fn(cda_runs[d.label]) if d.label in cda_runs else "–" for d in docs]
+        return [fn(cda_runs[base[d.label]]) if base[d.label] in cda_runs else "–" for d in docs]
 
     pss, private = BASELINE_ROLLUP.get("Pss", 0), BASELINE_ROLLUP.get("Private", 0)
     base_split = f"{_mib(pss)} / {_mib(private)}" if BASELINE_ROLLUP else "–"
@@ -726,10 +871,13 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
         row("worker peak RSS MiB during one ITI-43 (+ over baseline)",
             rss_cells(lambda r: peak(r.peak43)), [peak(r.peak43) for r in big], "< 64, flat"),
     ]
-    parts = []
+    parts, seen = [], set()
     for d in docs:
+        if base[d.label] in seen:
+            continue  # measured once per document, whatever the generator
+        seen.add(base[d.label])
         f = results[d.label]["floor"]
-        parts.append(f"{d.label}: " + " + ".join(_ms(f.mean_ms(p)) for p in Floor.PARTS)
+        parts.append(f"{base[d.label]}: " + " + ".join(_ms(f.mean_ms(p)) for p in Floor.PARTS)
                      + f" ({f.repetitions} reps)")
     for r in big:
         if r.floor:
@@ -751,8 +899,7 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
         f"{facts['fs']}. DB: {facts['db']}. Server: gunicorn gthread, {a.workers} workers x "
         f"{a.threads} threads (RSS runs: 1 worker x {a.threads} threads), access log "
         f"{'on' if a.server_env.get('OPENDMP_ACCESS_LOG') else 'off (default)'}. "
-        f"Clients: forked processes on the same machine, one keep-alive httpx client each, "
-        f"closed loop; {a.seconds:g} s measured per run after {a.warmup:g} s warm-up; "
+        f"Clients: {_generator(a)}, on the same machine, closed loop; {a.seconds:g} s measured per run after {a.warmup:g} s warm-up; "
         f"{a.patients} pre-registered patients. Code: {facts['code']}."
         + (f" Server environment: {' '.join(f'{k}={v}' for k, v in a.server_env.items())}."
            if a.server_env else ""),
@@ -761,7 +908,8 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
         "",
         *rows,
         "",
-        "Documents: " + "; ".join(f"{d.label} = {d.origin}" for d in docs)
+        "Documents: " + "; ".join(f"{label} = {origin}" for label, origin in
+                                  {base[d.label]: d.origin for d in docs}.items())
         + (f"; {', '.join(r.label for r in big)} = generated bytes, application/octet-stream "
            "(not a CDA), no hash or size sent" if big else "") + ".",
         f"Floor parts, ms (parse + SHA-1 + AES-GCM + write/fsync + insert): {'; '.join(parts)}.",
@@ -772,6 +920,21 @@ def render(a, facts: dict, docs: list[Document], results: dict, baseline: int,
                    f"{FOREIGN_LIMIT:g}% of the machine (discarded rates): "
                    + "; ".join(reruns) + ".")
     return "\n".join(out)
+
+
+def _generator(a) -> str:
+    out = []
+    for gen in a.generators:
+        name = f"({gen}) " if len(a.generators) > 1 else ""
+        if gen == "wrk":
+            out.append(f"{name}{W.wrk_version(a.wrk)} (LuaJIT), one thread and one keep-alive "
+                       f"connection per client, started {W.STAGGER_MS} ms apart, the httpx "
+                       "generator's requests as templates (benchmarks/wrk.py)")
+        else:
+            out.append(f"{name}forked Python processes, one keep-alive httpx client each (the "
+                       "product's SoapClient)"
+                       + (f" ({a.generator_note})" if a.generator_note else ""))
+    return "; ".join(out)
 
 
 def _cpu_per(r: Phase | None, facts: dict) -> str:
@@ -797,7 +960,8 @@ def dump_json(path: str, a, facts, docs, results, baseline, large, started, fini
         return {"clients": r.clients, "seconds": r.seconds, "count": r.count, "rate": r.rate,
                 "mean_ms": r.mean_ms, "p50_ms": r.pct(.5), "p90_ms": r.pct(.9),
                 "p99_ms": r.pct(.99), "max_ms": r.pct(1.0), "errors": r.errors,
-                "error_sample": r.error_sample, "cpu_percent": r.cpu}
+                "error_sample": r.error_sample, "cpu_percent": r.cpu,
+                "connections_per_server_process": r.connections}
 
     def floor(f: Floor | None):
         return None if f is None else {
@@ -883,9 +1047,13 @@ def run(a: argparse.Namespace) -> int:
         engine = make_engine(url)
         results: dict[str, dict] = {}
         phase_no = 0
+        wrk_dir = home / "wrk"
 
-        def phase(job, clients: int, label: str) -> Phase:
+        def phase(job, clients: int, label: str, wrk_request: W.Request | None = None
+                  ) -> Phase:
+            """Measure ``job`` (httpx generator) or ``wrk_request`` (wrk)."""
             nonlocal phase_no
+            spec = wrk_request.write(wrk_dir) if wrk_request is not None else None
             stored: list[str] = []
             attempts: list[Phase] = []
             for attempt in range(a.retries + 1):
@@ -897,14 +1065,21 @@ def run(a: argparse.Namespace) -> int:
                 if a.profile and clients > 1:
                     spies = P.start(server.proc.pid, Path(a.profile), label,
                                     a.seconds + a.warmup + 0.5)
-                r = C.run_phase(job, clients, a.seconds, a.warmup, server.proc.pid, postmaster,
-                              seed=a.seed * 10_000 + phase_no)
+                if spec is not None:
+                    r = W.run_phase(wrk_request, spec, clients, a.seconds, a.warmup,
+                                    server.proc.pid, postmaster, seed=a.seed * 10_000 + phase_no,
+                                    exe=a.wrk, server_port=server.port)
+                else:
+                    r = C.run_phase(job, clients, a.seconds, a.warmup, server.proc.pid,
+                                    postmaster, seed=a.seed * 10_000 + phase_no,
+                                    server_port=server.port)
                 if spies is not None:
                     log(f"  py-spy profile of {label}:\n" + P.finish(
                         spies, Path(a.profile) / f"{label}-summary.txt"))
                 log(f"  {label:18} {clients} client(s): {r.rate:8,.1f}/s  p50 {_ms(r.pct(.5))} "
                     f"p99 {_ms(r.pct(.99))} mean {_ms(r.mean_ms)} ms  errors {r.errors}  CPU% "
-                    f"srv {r.cpu['server']:.0f} {r.cpu['server_split']} pg "
+                    f"srv {r.cpu['server']:.0f} {r.cpu['server_split']} connections "
+                    f"{r.connections} pg "
                     f"{r.cpu['postgres']:.0f} cl "
                     f"{r.cpu['clients']:.0f} foreign {r.cpu['foreign']:.0f} all "
                     f"{r.cpu['machine']:.0f}"
@@ -922,24 +1097,23 @@ def run(a: argparse.Namespace) -> int:
             best.discarded = [x.rate for x in attempts if x is not best]
             return best
 
-        for d in docs:
-            tag = d.label.replace(" ", "")
-            log(f"{d.label}: {d.size:,} bytes ({d.origin})")
-            res = results[d.label] = {}
-            wait_quiet()
-            res["floor"] = measure_floor(engine, endpoint, d, home, *patients[0],
-                                         f"{uid_root}.2.{phase_no}", a.floor_seconds)
-            f = res["floor"]
-            log(f"  floor {f.mean_ms():.2f} ms = " + " + ".join(
-                f"{p} {f.mean_ms(p):.2f}" for p in Floor.PARTS) + f" ({f.repetitions} reps)")
+        def measure_document(d: Document, generator: str, doc_root: str, res: dict) -> None:
+            """ITI-41 with 1 and n clients, then ITI-43 of what was stored, into ``res``;
+            ``doc_root``: the OID under which this document's uniqueIds are made."""
+            tag = d.label.replace(" ", "").replace("(", "-").replace(")", "")
+            wrk = generator == "wrk"
             stored: list[str] = []
+            job = Iti41Job(endpoint, patient_cx, d, doc_root)
+            req = wrk_iti41(endpoint, patient_cx, d, doc_root) if wrk else None
             for key, clients in (("411", 1), ("41n", a.clients)):
-                job = Iti41Job(endpoint, patient_cx, d, f"{uid_root}.1")
-                res[key] = phase(job, clients, f"ITI-41-{tag}")
+                res[key] = phase(job, clients, f"ITI-41-{tag}", req)
                 stored += res[key].stored
+            if wrk:  # wrk does not tell which requests succeeded: the database does
+                stored = stored_unique_ids(engine, doc_root)
+                log(f"  {len(stored)} documents stored (repository_document, COMMITTED)")
             if not stored:
                 log(f"  no {d.label} document stored: ITI-43 skipped")
-                continue
+                return
             # one full check of the bytes before measuring retrieves
             check = SoapClient(endpoint)
             try:
@@ -951,9 +1125,26 @@ def run(a: argparse.Namespace) -> int:
             head_ = a_ + stored[0].encode() + b_
             if not (body_.startswith(head_) and body_[len(head_) + len(SENTINEL_NIR):] == c_):
                 raise RuntimeError(f"ITI-43 of {stored[0]} did not return the bytes sent")
+            job = Iti43Job(endpoint, repo_uid, stored, d.size)
+            req = wrk_iti43(endpoint, repo_uid, stored, d) if wrk else None
             for key, clients in (("431", 1), ("43n", a.clients)):
-                res[key] = phase(Iti43Job(endpoint, repo_uid, stored, d.size), clients,
-                                 f"ITI-43-{tag}")
+                res[key] = phase(job, clients, f"ITI-43-{tag}", req)
+
+        columns: list[Document] = []   # one per document and generator
+        for doc_no, d in enumerate(docs, 1):
+            log(f"{d.label}: {d.size:,} bytes ({d.origin})")
+            wait_quiet()
+            floor = measure_floor(engine, endpoint, d, home, *patients[0],
+                                  f"{uid_root}.2.{phase_no}", a.floor_seconds)
+            log(f"  floor {floor.mean_ms():.2f} ms = " + " + ".join(
+                f"{p} {floor.mean_ms(p):.2f}" for p in Floor.PARTS)
+                + f" ({floor.repetitions} reps)")
+            for gen_no, gen in enumerate(a.generators, 1):
+                col = d if len(a.generators) == 1 else replace(d, label=f"{d.label} ({gen})")
+                columns.append(col)
+                results[col.label] = {"floor": floor}
+                measure_document(col, gen, f"{uid_root}.1.{doc_no}.{gen_no}",
+                                 results[col.label])
         large: list[LargeRun] = []
         baseline = 0
         if a.large:
@@ -974,9 +1165,9 @@ def run(a: argparse.Namespace) -> int:
                 log(f"  floor {r.label}: {r.floor.mean_ms():.0f} ms = " + " + ".join(
                     f"{p} {r.floor.mean_ms(p):.1f}" for p in Floor.PARTS))
         finished = dt.datetime.now().astimezone()
-        print(render(a, facts, docs, results, baseline, large, started, finished))
+        print(render(a, facts, columns, results, baseline, large, started, finished))
         if a.json:
-            dump_json(a.json, a, facts, docs, results, baseline, large, started, finished)
+            dump_json(a.json, a, facts, columns, results, baseline, large, started, finished)
     finally:
         if server is not None:
             server.stop()
