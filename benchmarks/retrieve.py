@@ -216,10 +216,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also run a server on the code of another source tree (e.g. a "
                         "`git archive` of the base commit) and measure both in alternating "
                         "rounds")
+    p.add_argument("--compare-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="a setting for the compared server only (with or without --compare: "
+                        "then this checkout with and without the setting)")
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args(argv)
     a.server_env = dict(x.split("=", 1) for x in a.server_env)
+    a.compare_env = dict(x.split("=", 1) for x in a.compare_env)
     return a
 
 
@@ -239,12 +243,12 @@ class Target:
 
 
 def start_target(label: str, code: str | None, url: str, patients: list[str], a,
-                 tmp: Path) -> Target:
+                 tmp: Path, extra_env: dict | None = None) -> Target:
     """Start a server running ``code`` (a source tree; None: this checkout), store the
     documents through its ITI-41 and write the wrk script of their ITI-43 requests."""
     home = Path(work_dir("opendmp-bench-retrieve-"))
     env = {"OPENDMP_WORKERS": a.workers, "OPENDMP_THREADS": a.threads,
-           "OPENDMP_MLLP_PORT": free_port(), **a.server_env}
+           "OPENDMP_MLLP_PORT": free_port(), **a.server_env, **(extra_env or {})}
     if code is not None:
         env["PYTHONPATH"] = str(Path(code).resolve())
     server = ServerProcess(url, home=home, env=env, startup_timeout=60)
@@ -308,8 +312,9 @@ def run(a) -> int:
         migrate(url)
         patients = [cx for cx, _ in register_patients(url, 50, a.seed)]
         targets.append(start_target("this", None, url, patients, a, tmp))
-        if a.compare:
-            targets.append(start_target("compared", a.compare, url, patients, a, tmp))
+        if a.compare or a.compare_env:
+            targets.append(start_target("compared", a.compare, url, patients, a, tmp,
+                                        a.compare_env))
         for t in targets:
             log(f"{t.label} processes: {t.roles}")
             run_wrk(t.endpoint, t.script, a.connections, 2)  # warm-up

@@ -2,7 +2,9 @@
 
 Dialect-specific behaviour lives only here: SQLite gets WAL, a busy timeout, foreign
 keys and ``BEGIN IMMEDIATE`` for write transactions (so concurrent writers queue instead
-of failing on lock upgrade); PostgreSQL gets a connection pool and psycopg 3.
+of failing on lock upgrade); PostgreSQL gets a connection pool and psycopg 3, pooled
+connections the server closed are replaced at checkout without a round trip, and
+:func:`read_connection` runs single-statement reads without a transaction block.
 """
 from __future__ import annotations
 
