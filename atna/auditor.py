@@ -174,7 +174,7 @@ class Auditor:
     submit_many = submit
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread_pid == os.getpid():
+        if self._thread is not None:  # _forked() clears it in a forked child
             return
         with self._start_lock:
             if self._thread is None or self._thread_pid != os.getpid():  # also after fork

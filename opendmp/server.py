@@ -97,7 +97,7 @@ def run_gunicorn(host: str, port: int, workers: int = 2, threads: int = 4, tls=N
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
+        "worker_class": "opendmp.httpworker.ThreadWorker",  # gthread, see there
         "timeout": 120,
         "graceful_timeout": 10,
         "keepalive": 5,

@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape
 from lxml import etree
 
 from opendmp import policy
-from opendmp.db import read_transaction
+from opendmp.db import read_connection
 from registry import errors as E
 from soapstack.envelope import SoapResponse
 from soapstack.mtom import OutgoingAttachment, new_content_id, xop_include
@@ -79,7 +79,8 @@ def retrieve_document_set(repo: Repository, request: etree._Element,
         errors.append(E.XdsError(REPOSITORY_METADATA_ERROR,
                                  "RetrieveDocumentSetRequest has no DocumentRequest"))
     wanted = [r for r in requests if _addressed_here(r, repo, home_community_id, errors)]
-    with read_transaction(repo.engine) as conn:
+    # one statement (two with an identity to check): no transaction block needed
+    with read_connection(repo.engine) as conn:
         found = index.lookup(conn, [r.document_unique_id for r in wanted])
         policy.require_documents(identity, conn, {u: d.patient_cx for u, d in found.items()
                                                   if d.state == index.COMMITTED})

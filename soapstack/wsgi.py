@@ -25,7 +25,7 @@ from .envelope import (
     fault_envelope,
     parse_envelope,
 )
-from .mtom import close_attachments, mtom_message, open_mtom, require_complete
+from .mtom import close_attachments, coalesce, mtom_message, open_mtom, require_complete
 from .namespaces import WSA, qn
 from .wssecurity import SecurityFault
 
@@ -185,11 +185,20 @@ class SoapApplication:
                 relates_to,
             )
         body = envelope_chunks(response.action, relates_to, response.body)
-        signer = getattr(self.security, "sign_response", None)
-        if signer is not None and response.attachments is None:
-            body = [signer(b"".join(body))]  # WSS signature over Body + Timestamp (xua)
         if response.attachments is None:
-            start_response("200 OK", [("Content-Type", _soap_content_type(response.action))])
+            signer = getattr(self.security, "sign_response", None)
+            if isinstance(response.body, (bytes, bytearray)) or signer is not None:
+                # in memory already: one piece with its length (one send(), not chunked)
+                data = b"".join(body)
+                if signer is not None:
+                    data = signer(data)  # WSS signature over Body + Timestamp (xua)
+                body = [data]
+                headers = [("Content-Type", _soap_content_type(response.action)),
+                           ("Content-Length", str(len(data)))]
+            else:
+                body = coalesce(body)
+                headers = [("Content-Type", _soap_content_type(response.action))]
+            start_response("200 OK", headers)
         else:  # MTOM/XOP (SOAP 1.2 MTOM §3): length known from the part sizes, body streamed
             ctype, length, body = mtom_message(b"".join(body), response.attachments,
                                                action=response.action)

@@ -691,19 +691,41 @@ def test_writer_headers_follow_soap12_mtom_3():
     assert b"Content-ID: <a@t>\r\n\r\nabc\r\n" in data and data.endswith(f"--{B}--\r\n".encode())
 
 
-def test_writer_streams_without_reading_ahead():
+def test_writer_streams_large_parts_without_reading_ahead():
     pulled = []
+    block = mtom.COALESCE_BYTES
 
     def chunks():
         for i in range(3):
             pulled.append(i)
-            yield b"x" * 10
+            yield bytes([65 + i]) * block
 
-    _, _, body = mtom_message(b"<e/>", [("a@t", "application/pdf", 30, chunks())])
-    next(body), next(body)
-    assert pulled == []
-    next(body)
-    assert pulled == [0]
+    _, _, body = mtom_message(b"<e/>", [("a@t", "application/pdf", 3 * block, chunks())])
+    first = next(body)  # the MIME headers, sent before the first block
+    assert first.startswith(b"--") and len(first) < 1000 and pulled == [0]
+    assert next(body) == b"A" * block and pulled == [0]
+    assert next(body) == b"B" * block and pulled == [0, 1]
+
+
+def test_writer_sends_a_small_message_in_one_piece():
+    """A WSGI server makes one send() per piece: a small answer (an ITI-43 of a 10 KB
+    document) is one piece, not one per MIME part and chunk."""
+    _, length, body = mtom_message(b"<e/>", [("a@t", "text/xml", 30, [b"x" * 10] * 3),
+                                             ("b@t", "text/xml", 5, [b"hello"])])
+    pieces = list(body)
+    assert len(pieces) == 1 and len(pieces[0]) == length
+
+
+@given(st.lists(st.integers(0, 3 * 1024), max_size=40), st.integers(1, 2048))
+def test_coalesce_keeps_the_bytes_and_bounds_what_it_holds(sizes, limit):
+    pieces = [bytes([i % 251]) * n for i, n in enumerate(sizes)]
+    out = list(mtom.coalesce(iter(pieces), limit))
+    assert b"".join(out) == b"".join(pieces)
+    assert all(out)  # no empty piece: it would end a chunked response
+    big = [p for p in pieces if len(p) >= limit]
+    assert [p for p in out if len(p) > limit] == [p for p in big if len(p) > limit]
+    # consecutive small pieces are joined as long as they fit
+    assert all(len(a) + len(b) > limit for a, b in zip(out, out[1:]))
 
 
 @pytest.mark.parametrize("sizes, declared", [([5, 5], 9), ([5], 6)])

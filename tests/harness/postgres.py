@@ -202,6 +202,17 @@ class PostgresCluster:
             self.base_dir = None
             self.data_dir = None
 
+    def restart(self) -> None:
+        """Restart the server (``pg_ctl restart -m fast``: every backend is terminated and
+        clients see their connections closed), same port and data; not for an external
+        server."""
+        if self.external_url or not self._running:
+            raise RuntimeError("restart() needs a running throwaway cluster")
+        proc = self._run([self._pg_ctl, "-D", self.data_dir, "-l", self.log_path, "-m", "fast",
+                          "-w", "-t", "60", "restart"], check=False)
+        if proc.returncode != 0 or not self._wait_ready(30):
+            raise RuntimeError(f"could not restart PostgreSQL:\n{proc.stdout}\n{self.log_text()}")
+
     def log_text(self) -> str:
         """The server log so far ('' if none)."""
         try:
