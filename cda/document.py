@@ -238,8 +238,50 @@ class CdaHeader:
         return str(self.id) if self.id else None
 
 
+#: one step of the header's paths: ``v3:name`` or ``v3:name[@attribute='value']``
+_STEP = re.compile(r"(?:(\w+):)?([\w-]+)(?:\[@(\w+)='([^']*)'\])?\Z")
+_PATHS: dict[str, tuple[tuple[str, str | None, str | None], ...]] = {}
+
+
+def _steps(path: str) -> tuple[tuple[str, str | None, str | None], ...]:
+    """``path`` as (Clark tag, attribute, value) per step, compiled once."""
+    steps = _PATHS.get(path)
+    if steps is None:
+        out = []
+        for segment in path.split("/"):
+            m = _STEP.match(segment)
+            if m is None:
+                raise ValueError(f"unsupported header path {path!r}")
+            prefix, local, attribute, value = m.groups()
+            out.append((f"{{{NS[prefix]}}}{local}" if prefix else local, attribute, value))
+        steps = _PATHS[path] = tuple(out)
+    return steps
+
+
+def _all(el: etree._Element, path: str) -> list[etree._Element]:
+    """The elements at ``path`` (child steps only) below ``el``, in document order: what
+    ``el.findall(path, NS)`` returns, by lxml's C-level ``iterchildren`` (ElementPath
+    costs several microseconds per call, and the header takes about seventy)."""
+    nodes = [el]
+    for tag, attribute, value in _steps(path):
+        nodes = [c for n in nodes for c in n.iterchildren(tag)
+                 if attribute is None or c.get(attribute) == value]
+        if not nodes:
+            break
+    return nodes
+
+
 def _first(el: etree._Element, path: str) -> etree._Element | None:
-    return el.find(path, NS)      # ElementPath: compiled once per path, then cached
+    """The first element at ``path`` below ``el`` (``el.find(path, NS)``), or None."""
+    steps = _steps(path)
+    if len(steps) == 1:
+        tag, attribute, value = steps[0]
+        for c in el.iterchildren(tag):
+            if attribute is None or c.get(attribute) == value:
+                return c
+        return None
+    found = _all(el, path)
+    return found[0] if found else None
 
 
 def _text(el: etree._Element | None) -> str | None:
@@ -281,13 +323,13 @@ def _person(el: etree._Element | None, entity: str = "v3:assignedAuthor") -> Per
     ent = _first(el, entity)
     if ent is None:
         return None
-    p = Person(ids=[i for i in map(_ii, ent.findall("v3:id", NS)) if i])
+    p = Person(ids=[i for i in map(_ii, _all(ent, "v3:id")) if i])
     p.family, p.given, p.prefix = _name(_first(ent, "v3:assignedPerson/v3:name"))
     p.code = _cd(_first(ent, "v3:code"))
     p.function = _cd(_first(el, "v3:functionCode"))
     org = _first(ent, "v3:representedOrganization")
     if org is not None:
-        p.organization_ids = [i for i in map(_ii, org.findall("v3:id", NS)) if i]
+        p.organization_ids = [i for i in map(_ii, _all(org, "v3:id")) if i]
         p.organization_name = _text(_first(org, "v3:name"))
         p.practice_setting = _cd(_first(org, "v3:standardIndustryClassCode"))
     time = _first(el, "v3:time")
@@ -355,7 +397,7 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
     role = _first(root, "v3:recordTarget/v3:patientRole")
     patient = Patient()
     if role is not None:
-        patient.ids = [i for i in map(_ii, role.findall("v3:id", NS)) if i]
+        patient.ids = [i for i in map(_ii, _all(role, "v3:id")) if i]
         pat = _first(role, "v3:patient")
         if pat is not None:
             patient.family, patient.given, _ = _name(_first(pat, "v3:name"))
@@ -363,14 +405,14 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
             patient.gender = g.get("code") if g is not None else None
             b = _first(pat, "v3:birthTime")
             patient.birth_time = b.get("value") if b is not None else None
-    authors = [p for p in (_person(a) for a in root.findall("v3:author", NS)) if p]
+    authors = [p for p in (_person(a) for a in _all(root, "v3:author")) if p]
     cust = _first(root, "v3:custodian/v3:assignedCustodian/v3:representedCustodianOrganization")
     events = []
-    for se in root.findall("v3:documentationOf/v3:serviceEvent", NS):
+    for se in _all(root, "v3:documentationOf/v3:serviceEvent"):
         low = _first(se, "v3:effectiveTime/v3:low")
         high = _first(se, "v3:effectiveTime/v3:high")
         performers = [p for p in (_person(pf, "v3:assignedEntity")
-                                  for pf in se.findall("v3:performer", NS)) if p]
+                                  for pf in _all(se, "v3:performer")) if p]
         events.append((_cd(_first(se, "v3:code")), low.get("value") if low is not None else None,
                        high.get("value") if high is not None else None, performers))
     loc = _first(root, "v3:componentOf/v3:encompassingEncounter/v3:location/v3:healthCareFacility")
@@ -393,12 +435,12 @@ def read_header(doc: bytes | etree._Element) -> CdaHeader:
         language=lang.get("code") if lang is not None else None,
         set_id=_ii(_first(root, "v3:setId")),
         version=version.get("value") if version is not None else None,
-        template_ids=[t.get("root") for t in root.findall("v3:templateId", NS)
+        template_ids=[t.get("root") for t in _all(root, "v3:templateId")
                       if t.get("root")],
         realm=realm.get("code") if realm is not None else None,
         patient=patient,
         authors=authors,
-        custodian_ids=[i for i in map(_ii, cust.findall("v3:id", NS)) if i]
+        custodian_ids=[i for i in map(_ii, _all(cust, "v3:id")) if i]
         if cust is not None else [],
         custodian_name=_text(_first(cust, "v3:name")) if cust is not None else None,
         legal_authenticator=_person(_first(root, "v3:legalAuthenticator"), "v3:assignedEntity"),
