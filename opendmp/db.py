@@ -128,6 +128,16 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def pg_execute(conn: Connection, sql: str, params=None):
+    """Run ``sql`` (psycopg placeholders) on ``conn``'s own DBAPI connection, in its
+    transaction, and return psycopg's cursor (rows are tuples). For the few hot
+    statements of ITI-41/ITI-43 on PostgreSQL: SQLAlchemy Core's execution (statement
+    cache key, compilation cache, result processing) costs about three times the CPU of
+    the statement itself (benchmarks/README.md, "ITI-43 CPU per request"). psycopg
+    prepares a statement server-side after a few executions."""
+    return conn.connection.driver_connection.execute(sql, params)
+
+
 def alembic_config(url: str) -> "Config":
     from alembic.config import Config
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from lxml import etree
-from sqlalchemy import Connection, String, any_, bindparam, insert, or_, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
+from opendmp.db import pg_execute
 from opendmp.schema import object_key, patient, registry_object
 
 from . import vocabulary as V
@@ -144,14 +144,25 @@ def patient_row(conn: Connection, cx: str, *, lock: bool = False):
     documents live under the surviving identifier and the subsumed one no longer
     registers nor finds anything. ``lock`` (PostgreSQL: FOR UPDATE) serializes writers
     per patient; SQLite serializes every writer with BEGIN IMMEDIATE."""
-    stmt = _PATIENT_FOR_UPDATE if lock and conn.dialect.name == "postgresql" else _PATIENT
-    return conn.execute(stmt, {"cx": cx}).first()
+    if conn.dialect.name == "postgresql":     # hot: every ITI-41/42 (pg_execute)
+        row = pg_execute(conn, _PG_PATIENT_FOR_UPDATE if lock else _PG_PATIENT,
+                         (cx,)).fetchone()
+        return None if row is None else PatientRow(*row)
+    return conn.execute(_PATIENT, {"cx": cx}).first()
+
+
+class PatientRow(NamedTuple):
+    pk: int
+    merged_into: int | None
+
+
+_PG_PATIENT = "SELECT pk, merged_into FROM patient WHERE cx = %s"
+_PG_PATIENT_FOR_UPDATE = _PG_PATIENT + " FOR UPDATE"
 
 
 #: built once: a statement built per call costs more CPU than running it (SQLAlchemy
 #: computes its cache key on every build).
 _PATIENT = select(patient.c.pk, patient.c.merged_into).where(patient.c.cx == bindparam("cx"))
-_PATIENT_FOR_UPDATE = _PATIENT.with_for_update()
 
 
 def add_patient(conn: Connection, cx: str) -> int:
@@ -224,15 +235,18 @@ def stored_objects(conn: Connection, uuids: Iterable[str],
     params = {"uuids": sorted(set(uuids)), "unique_ids": sorted(set(unique_ids))}
     if not params["uuids"] and not params["unique_ids"]:
         return []
-    stmt = _STORED_BY_ANY if conn.dialect.name == "postgresql" else _STORED_BY_IN
-    return [_stored(r) for r in conn.execute(stmt, params)]
+    if conn.dialect.name == "postgresql":     # hot: every ITI-41/42 (pg_execute)
+        rows = pg_execute(conn, _PG_STORED_BY_ANY, (params["uuids"], params["unique_ids"]))
+        return [StoredObject(pk, uuid, Kind(kind), STATUS_OF_CODE[status], *rest)
+                for pk, uuid, kind, status, *rest in rows.fetchall()]
+    return [_stored(r) for r in conn.execute(_STORED_BY_IN, params)]
 
 
 #: PostgreSQL: ``= ANY(array)``, one statement text whatever the number of ids (psycopg
 #: prepares it server-side after a few executions); SQLite: expanding ``IN``.
-_STORED_BY_ANY = select(*_STORED_COLUMNS).where(or_(
-    registry_object.c.uuid == any_(bindparam("uuids", type_=ARRAY(String))),
-    registry_object.c.unique_id == any_(bindparam("unique_ids", type_=ARRAY(String)))))
+_PG_STORED_BY_ANY = (
+    f"SELECT {', '.join(c.name for c in _STORED_COLUMNS)} FROM registry_object "
+    "WHERE uuid = ANY(%s::varchar[]) OR unique_id = ANY(%s::varchar[])")
 _STORED_BY_IN = select(*_STORED_COLUMNS).where(or_(
     registry_object.c.uuid.in_(bindparam("uuids", expanding=True)),
     registry_object.c.unique_id.in_(bindparam("unique_ids", expanding=True))))

@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from sqlalchemy import Connection, bindparam, delete, select, update
-from sqlalchemy.dialects.postgresql import insert as _pg_insert
 from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
 
+from opendmp.db import pg_execute
 from opendmp.schema import repository_document as rd
 
 STAGED = 0
 COMMITTED = 1
-
-_INSERT = {"postgresql": _pg_insert, "sqlite": _sqlite_insert}
 
 
 @dataclass(frozen=True)
@@ -52,16 +50,17 @@ def add_new(conn: Connection, docs: Iterable[IndexedDocument]) -> set[str]:
     one statement (``INSERT .. ON CONFLICT DO NOTHING RETURNING``, PostgreSQL and SQLite);
     returns the uniqueIds inserted. A uniqueId another transaction is inserting waits for
     that transaction: then it is inserted (rolled back) or left out (committed)."""
-    rows = [dict(unique_id=d.unique_id, repository_unique_id=d.repository_unique_id,
-                 storage_key=d.storage_key, size=d.size, sha1=d.sha1, mime_type=d.mime_type,
-                 state=d.state, created_at=int(time.time()), patient_cx=d.patient_cx)
-            for d in docs]
+    now = int(time.time())
+    rows = [(d.unique_id, d.repository_unique_id, d.storage_key, d.size, d.sha1, d.mime_type,
+             d.state, now, d.patient_cx) for d in docs]
     if not rows:
         return set()
-    dialect = _INSERT[conn.dialect.name]
-    stmt = (dialect(rd).on_conflict_do_nothing(index_elements=[rd.c.unique_id])
+    if conn.dialect.name == "postgresql":   # one statement, arrays unnested (pg_execute)
+        columns = [list(c) for c in zip(*rows)]
+        return {r[0] for r in pg_execute(conn, _PG_ADD_NEW, columns).fetchall()}
+    stmt = (_sqlite_insert(rd).on_conflict_do_nothing(index_elements=[rd.c.unique_id])
             .returning(rd.c.unique_id))
-    return set(conn.execute(stmt, rows).scalars())
+    return set(conn.execute(stmt, [dict(zip(_COLUMNS, r)) for r in rows]).scalars())
 
 
 def mark_committed(conn: Connection, unique_ids: list[str]) -> None:
@@ -81,6 +80,10 @@ _LOOKUP = select(*(rd.c[name] for name in _COLUMNS)).where(
     rd.c.unique_id.in_(bindparam("unique_ids", expanding=True)))
 _PG_LOOKUP = (f"SELECT {', '.join(_COLUMNS)} FROM {rd.name} "
               "WHERE unique_id = ANY(%s::varchar[])")
+_PG_ADD_NEW = (f"INSERT INTO {rd.name} ({', '.join(_COLUMNS)}) SELECT * FROM unnest("
+               "%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[], %s::varchar[], "
+               "%s::varchar[], %s::smallint[], %s::bigint[], %s::varchar[]) "
+               "ON CONFLICT (unique_id) DO NOTHING RETURNING unique_id")
 
 
 def lookup(conn: Connection, unique_ids: list[str]) -> dict[str, IndexedDocument]:
@@ -95,7 +98,7 @@ def lookup(conn: Connection, unique_ids: list[str]) -> dict[str, IndexedDocument
         return {}
     wanted = sorted(set(unique_ids))
     if conn.dialect.name == "postgresql":
-        rows = conn.connection.driver_connection.execute(_PG_LOOKUP, (wanted,)).fetchall()
+        rows = pg_execute(conn, _PG_LOOKUP, (wanted,)).fetchall()
     else:
         rows = conn.execute(_LOOKUP, {"unique_ids": wanted}).all()
     return {r[0]: IndexedDocument(*r) for r in rows}
