@@ -734,7 +734,9 @@ def measure_large(server: ServerProcess, patients: list[str], sizes_mb: list[int
 # ----------------------------------------------------------------- facts
 
 
-def file_system(path: Path) -> str:
+def file_system(path: Path, staging: Path) -> str:
+    """The file system of ``path``, and what creating a file costs in the document
+    store's ``staging`` directory (where every ITI-41 creates one), once settled."""
     best, fs = "", "?"
     try:
         with open("/proc/mounts") as f:
@@ -744,8 +746,8 @@ def file_system(path: Path) -> str:
                     best, fs = mnt, f"{kind} ({dev})"
     except OSError:
         pass
-    return (f"{fs}, {path.parent}, creating a file there costs "
-            f"{settle_file_system(path, log=log):.0f} µs CPU")
+    return (f"{fs}, {path.parent}, creating a file in the store's staging directory costs "
+            f"{settle_file_system(staging, log=log):.0f} µs CPU")
 
 
 def code_state() -> str:
@@ -1020,7 +1022,6 @@ def run(a: argparse.Namespace) -> int:
     started = dt.datetime.now().astimezone()
     docs = [d for d in documents(a.seed) if d.label in a.sizes]
     home = Path(work_dir("opendmp-bench-repo-"))
-    facts["fs"] = file_system(home)
     facts["code"] = code_state()
     cluster = server = engine = None
     postmaster = None
@@ -1046,6 +1047,8 @@ def run(a: argparse.Namespace) -> int:
                                                     **a.server_env},
                                startup_timeout=60)
         server.start()
+        facts["fs"] = file_system(home, home / "documents" / "staging")
+        log(f"file system: {facts['fs']}")
         endpoint = server.url("/xds/repository")
         repo_uid = (home / "repository-unique-id").read_text().strip()
         log(f"server {server.base_url} ({a.workers} workers x {a.threads} threads), home {home}")
