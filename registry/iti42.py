@@ -12,6 +12,8 @@ calls the same function in-process.
 from __future__ import annotations
 
 import datetime as dt
+
+import psycopg
 from lxml import etree
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
@@ -290,7 +292,7 @@ def register_submission(conn: Connection, sub: Submission, domain: AffinityDomai
     rows += [(a, None) for a in extra]
     try:
         store.insert_objects(conn, rows)
-    except IntegrityError:
+    except (IntegrityError, psycopg.IntegrityError):   # Core, or psycopg (pg_execute)
         raise E.XdsErrors([E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
                                       "a uniqueId of this submission was registered "
                                       "concurrently")]) from None

@@ -257,8 +257,8 @@ def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | N
     if not objects:
         return
     rows, keysets = zip(*(object_row(obj, pk) for obj, pk in objects))
-    if conn.dialect.name == "postgresql":
-        conn.exec_driver_sql(_PG_INSERT, {
+    if conn.dialect.name == "postgresql":   # hot: every ITI-41/42 (pg_execute)
+        pg_execute(conn, _PG_INSERT, {
             # bytea travels as its hex input form ("\x...") inside the JSON text
             "rows": json.dumps([{k: (f"\\x{v.hex()}" if k == "ebrim" else v)
                                  for k, v in r.items() if v is not None} for r in rows]),
