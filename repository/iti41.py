@@ -304,8 +304,8 @@ def _settle(done: Future | None) -> None:
     if done is not None:
         try:
             done.result()
-        except StoreError:
-            pass
+        except Exception:  # noqa: BLE001 - best effort: the caller is undoing anyway
+            log.exception("background flush of a staged document failed")
 
 
 def _undo(repo: Repository, staged: dict[str, StagedDocument], indexed: list[str],
