@@ -7,9 +7,10 @@ registers the metadata. Atomicity: the bytes are staged first, made durable on a
 background thread while the registration's statements run. With the in-process
 registry, one write transaction writes the index row (COMMITTED), the registration and
 the CDA summary, commits once the staged files are durable, and the staged file is
-renamed into place after the commit. With a remote registry, the index row is STAGED and the file renamed before the
-registry is called, and the row COMMITTED after its Success. On any failure the bytes and
-the row are removed; what a crash leaves behind is settled by :mod:`repository.recovery`.
+renamed into place after the commit. With a remote registry, the index row is STAGED
+and the file renamed before the registry is called, and the row COMMITTED after its
+Success. On any failure the bytes and the row are removed; what a crash leaves behind is
+settled by :mod:`repository.recovery`.
 """
 from __future__ import annotations
 
