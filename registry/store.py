@@ -223,9 +223,9 @@ _STORED_COLUMNS = (
 
 
 def _stored(row) -> StoredObject:
-    return StoredObject(row.pk, row.uuid, Kind(row.kind), STATUS_OF_CODE[row.status],
-                        row.patient_pk, row.unique_id, row.lid, row.version, row.hash,
-                        row.size, row.assoc_type, row.source_uuid, row.target_uuid)
+    """A row of :data:`_STORED_COLUMNS`, in that order (SQLAlchemy row or psycopg tuple)."""
+    pk, uuid, kind, status, *rest = row
+    return StoredObject(pk, uuid, Kind(kind), STATUS_OF_CODE[status], *rest)
 
 
 def stored_objects(conn: Connection, uuids: Iterable[str],
@@ -237,8 +237,7 @@ def stored_objects(conn: Connection, uuids: Iterable[str],
         return []
     if conn.dialect.name == "postgresql":     # hot: every ITI-41/42 (pg_execute)
         rows = pg_execute(conn, _PG_STORED_BY_ANY, (params["uuids"], params["unique_ids"]))
-        return [StoredObject(pk, uuid, Kind(kind), STATUS_OF_CODE[status], *rest)
-                for pk, uuid, kind, status, *rest in rows.fetchall()]
+        return [_stored(r) for r in rows.fetchall()]
     return [_stored(r) for r in conn.execute(_STORED_BY_IN, params)]
 
 
