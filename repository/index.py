@@ -58,9 +58,8 @@ def add_new(conn: Connection, docs: Iterable[IndexedDocument]) -> set[str]:
     if conn.dialect.name == "postgresql":   # one statement, arrays unnested (pg_execute)
         columns = [list(c) for c in zip(*rows)]
         return {r[0] for r in pg_execute(conn, _PG_ADD_NEW, columns).fetchall()}
-    stmt = (_sqlite_insert(rd).on_conflict_do_nothing(index_elements=[rd.c.unique_id])
-            .returning(rd.c.unique_id))
-    return set(conn.execute(stmt, [dict(zip(_COLUMNS, r)) for r in rows]).scalars())
+    return set(conn.execute(_SQLITE_ADD_NEW, [dict(zip(_COLUMNS, r)) for r in rows])
+               .scalars())
 
 
 def mark_committed(conn: Connection, unique_ids: list[str]) -> None:
@@ -84,6 +83,9 @@ _PG_ADD_NEW = (f"INSERT INTO {rd.name} ({', '.join(_COLUMNS)}) SELECT * FROM unn
                "%s::varchar[], %s::varchar[], %s::varchar[], %s::bigint[], %s::varchar[], "
                "%s::varchar[], %s::smallint[], %s::bigint[], %s::varchar[]) "
                "ON CONFLICT (unique_id) DO NOTHING RETURNING unique_id")
+#: built once (SQLAlchemy computes a statement's cache key at each build)
+_SQLITE_ADD_NEW = (_sqlite_insert(rd).on_conflict_do_nothing(index_elements=[rd.c.unique_id])
+                   .returning(rd.c.unique_id))
 
 
 def lookup(conn: Connection, unique_ids: list[str]) -> dict[str, IndexedDocument]:
