@@ -134,8 +134,26 @@ def pg_execute(conn: Connection, sql: str, params=None):
     statements of ITI-41/ITI-43 on PostgreSQL: SQLAlchemy Core's execution (statement
     cache key, compilation cache, result processing) costs about three times the CPU of
     the statement itself (benchmarks/README.md, "ITI-43 CPU per request"). psycopg
-    prepares a statement server-side after a few executions."""
+    prepares a statement server-side after a few executions. Inside :func:`pg_pipeline`
+    the statement is sent and the cursor's rows are read after the block."""
     return conn.connection.driver_connection.execute(sql, params)
+
+
+@contextmanager
+def pg_pipeline(conn: Connection) -> Iterator[None]:
+    """PostgreSQL: the statements :func:`pg_execute` runs inside the block are sent
+    without waiting for each other's results (psycopg pipeline mode, libpq pipelining);
+    every result has arrived when the block ends, in one round trip for all of them (the
+    ``BEGIN`` of a transaction they start included). The server still runs them one after
+    the other, in order, each seeing what the ones before it did; an error aborts the
+    transaction and is raised at the block's end at the latest. Reads only: a statement
+    whose errors the caller handles where it runs (an insert) belongs outside. Elsewhere
+    (SQLite) a no-op: the statements ran when issued."""
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    with conn.connection.driver_connection.pipeline():
+        yield
 
 
 def alembic_config(url: str) -> "Config":

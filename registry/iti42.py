@@ -7,18 +7,21 @@ association targets, uniqueIds), then the inserts and the side effects (deprecat
 replaced documents, folder lastUpdateTime, folder membership of replacements). It raises
 :class:`~registry.errors.XdsErrors` before writing anything when the submission is
 refused; the caller's transaction makes the rest all-or-nothing. The repository's ITI-41
-calls the same function in-process.
+calls it in two steps, :func:`begin_registration` and :meth:`Registration.complete`, so
+that its own index rows travel with the registry's reads.
 """
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, field
+from typing import Callable
 
 import psycopg
 from lxml import etree
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from opendmp.db import write_transaction
+from opendmp.db import pg_pipeline, write_transaction
 from soapstack.namespaces import RIM
 
 from . import errors as E
@@ -110,14 +113,8 @@ def _canonical(cx: str) -> str:
     return parse_cx(cx).canonical
 
 
-def resolve_patient(conn: Connection, cx: str, domain: AffinityDomain) -> int:
-    """The patient's key, or XDSUnknownPatientId (ITI TF-2b §3.42.4.1.3.1)."""
-    if not domain.patient_domain.accepts(cx):
-        raise E.XdsErrors([E.XdsError(
-            E.UNKNOWN_PATIENT_ID,
-            f"patientId {cx} is not issued by an assigning authority of this affinity domain",
-            cx)])
-    row = store.patient_row(conn, _canonical(cx), lock=True)
+def _patient_key(conn: Connection, cx: str, row: store.PatientRow | None) -> int:
+    """The patient's key from its row, or XDSUnknownPatientId (ITI TF-2b §3.42.4.1.3.1)."""
     if row is None:
         raise E.XdsErrors([E.XdsError(
             E.UNKNOWN_PATIENT_ID, f"patientId {cx} is not known to the registry", cx)])
@@ -234,19 +231,26 @@ def _check_unique_ids(sub: Submission, stored_objects: list[StoredObject]) -> li
     return list(errors.values())
 
 
-def _check_registry(conn: Connection, sub: Submission, submitted_uuids: set[str],
-                    patient: int) -> dict[str, StoredObject]:
-    """One statement for every check against the registry's content: the entryUUIDs the
-    source chose are new, association ends exist (:func:`_check_references`), uniqueIds
-    are new or identical (:func:`_check_unique_ids`). UUIDs the registry has just generated
-    for symbolic ids are not looked up: they cannot exist (a collision would still be
-    refused by the unique index). Returns the referenced objects already in the
-    registry; raises XdsErrors."""
+def _ids_to_look_up(sub: Submission, submitted_uuids: set[str]) -> tuple[set[str], set[str],
+                                                                      list[str]]:
+    """(entryUUIDs to look up, association ends outside the submission, uniqueIds): one
+    statement checks them all against the registry's content (:func:`_check_registry`).
+    UUIDs the registry has just generated for symbolic ids are not looked up: they cannot
+    exist (a collision would still be refused by the unique index)."""
     local_ids = {o.id for o in sub.objects()}
     referenced = {end for a in sub.associations for end in (a.source, a.target)} - local_ids
     unique_ids = [o.unique_id for o in [*sub.documents, *sub.submission_sets, *sub.folders]
                   if o.unique_id]
-    found = store.stored_objects(conn, submitted_uuids | referenced, unique_ids)
+    return submitted_uuids | referenced, referenced, unique_ids
+
+
+def _check_registry(sub: Submission, submitted_uuids: set[str], referenced: set[str],
+                    found: list[StoredObject], patient: int) -> dict[str, StoredObject]:
+    """Every check against the registry's content, on the objects ``found`` by the lookup
+    of :func:`_ids_to_look_up`: the entryUUIDs the source chose are new, association ends
+    exist (:func:`_check_references`), uniqueIds are new or identical
+    (:func:`_check_unique_ids`). Returns the referenced objects already in the registry;
+    raises XdsErrors."""
     already = sorted({s.uuid for s in found if s.uuid in submitted_uuids})
     if already:
         raise E.XdsErrors([E.XdsError(E.REGISTRY_METADATA_ERROR,
@@ -262,41 +266,84 @@ def _check_registry(conn: Connection, sub: Submission, submitted_uuids: set[str]
 # ------------------------------------------------------------------ the transaction
 
 def register_submission(conn: Connection, sub: Submission, domain: AffinityDomain) -> None:
-    """Validate and store a submission on ``conn`` (ITI-42 / ITI-41); raise XdsErrors."""
+    """Validate and store a submission on ``conn`` (ITI-42 / ITI-41); raise XdsErrors.
+    Its two reads take one round trip on PostgreSQL (:func:`opendmp.db.pg_pipeline`)."""
+    with pg_pipeline(conn):
+        registration = begin_registration(conn, sub, domain)
+    registration.complete()
+
+
+@dataclass
+class Registration:
+    """A submission validated, its symbolic ids replaced by UUIDs and the registry's reads
+    sent (:func:`begin_registration`), waiting for :meth:`complete`. Between the two the
+    caller may send statements of its own in the same round trip (ITI-41's index rows)."""
+    conn: Connection
+    sub: Submission
+    errors: list[E.XdsError]
+    patient_cx: str = ""
+    submitted_uuids: set[str] = field(default_factory=set)
+    referenced: set[str] = field(default_factory=set)
+    reads: Callable[[], tuple[store.PatientRow | None, list[StoredObject]]] | None = None
+
+    def complete(self) -> None:
+        """Check the submission against the registry's content and store it with its side
+        effects; raise XdsErrors (the validation's first) before writing anything when it
+        is refused."""
+        if self.errors:
+            raise E.XdsErrors(self.errors)
+        conn, sub = self.conn, self.sub
+        row, found = self.reads()
+        patient = _patient_key(conn, self.patient_cx, row)
+        existing = _check_registry(sub, self.submitted_uuids, self.referenced, found, patient)
+        now = now_dtm()
+        for obj in sub.objects():
+            obj.status = V.APPROVED
+            obj.home = None
+        for obj in [*sub.documents, *sub.submission_sets, *sub.folders]:
+            # ITI TF-3 §4.1.9 (Metadata Update): every versionable object starts as version
+            # 1 of its logical id; a submitted UUID lid is kept.
+            obj.lid = obj.lid if _is_uuid(obj.lid) else obj.id
+            obj.version = "1"
+        for fol in sub.folders:
+            fol.last_update_time = now
+        extra = _replacement_folder_memberships(conn, sub, existing)
+        rows = [(o, None if isinstance(o, Association) else patient) for o in sub.objects()]
+        rows += [(a, None) for a in extra]
+        try:
+            store.insert_objects(conn, rows)
+        except (IntegrityError, psycopg.IntegrityError):   # Core, or psycopg (pg_execute)
+            raise E.XdsErrors([E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
+                                          "a uniqueId of this submission was registered "
+                                          "concurrently")]) from None
+        _apply_side_effects(conn, sub, existing, extra, now)
+
+
+def begin_registration(conn: Connection, sub: Submission,
+                       domain: AffinityDomain) -> Registration:
+    """Validate ``sub`` (:mod:`registry.validation`), replace its symbolic ids and send
+    what the checks read from the registry: the patient's row, locked (it serializes the
+    writers of a patient), and the objects the submission names
+    (:func:`registry.store.registration_reads`). Refusals are kept for
+    :meth:`Registration.complete`, which raises them."""
     errors = validate_submission(sub, domain)
     if errors:
-        raise E.XdsErrors(errors)
+        return Registration(conn, sub, errors)
     # entryUUIDs chosen by the source; assign_uuids generates the others
     submitted_uuids = {o.id for o in sub.objects() if _is_uuid(o.id)}
     assign_uuids(sub)
-    ss = sub.submission_set
+    cx = sub.submission_set.patient_id
     try:
-        patient = resolve_patient(conn, ss.patient_id, domain)
+        if not domain.patient_domain.accepts(cx):
+            return Registration(conn, sub, [E.XdsError(
+                E.UNKNOWN_PATIENT_ID, f"patientId {cx} is not issued by an assigning "
+                "authority of this affinity domain", cx)])
+        canonical = _canonical(cx)
     except HL7TypeError as exc:  # validated above; kept for safety
-        raise E.XdsErrors([E.XdsError(E.REGISTRY_METADATA_ERROR, str(exc))]) from None
-    existing = _check_registry(conn, sub, submitted_uuids, patient)
-
-    now = now_dtm()
-    for obj in sub.objects():
-        obj.status = V.APPROVED
-        obj.home = None
-    for obj in [*sub.documents, *sub.submission_sets, *sub.folders]:
-        # ITI TF-3 §4.1.9 (Metadata Update): every versionable object starts as version 1
-        # of its logical id; a submitted UUID lid is kept.
-        obj.lid = obj.lid if _is_uuid(obj.lid) else obj.id
-        obj.version = "1"
-    for fol in sub.folders:
-        fol.last_update_time = now
-    extra = _replacement_folder_memberships(conn, sub, existing)
-    rows = [(o, None if isinstance(o, Association) else patient) for o in sub.objects()]
-    rows += [(a, None) for a in extra]
-    try:
-        store.insert_objects(conn, rows)
-    except (IntegrityError, psycopg.IntegrityError):   # Core, or psycopg (pg_execute)
-        raise E.XdsErrors([E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
-                                      "a uniqueId of this submission was registered "
-                                      "concurrently")]) from None
-    _apply_side_effects(conn, sub, existing, extra, now)
+        return Registration(conn, sub, [E.XdsError(E.REGISTRY_METADATA_ERROR, str(exc))])
+    uuids, referenced, unique_ids = _ids_to_look_up(sub, submitted_uuids)
+    return Registration(conn, sub, [], cx, submitted_uuids, referenced,
+                        store.registration_reads(conn, canonical, uuids, unique_ids))
 
 
 def _replacement_folder_memberships(conn: Connection, sub: Submission,

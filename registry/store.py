@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from lxml import etree
 from sqlalchemy import Connection, bindparam, insert, or_, select, update
@@ -249,6 +249,30 @@ _PG_STORED_BY_ANY = (
 _STORED_BY_IN = select(*_STORED_COLUMNS).where(or_(
     registry_object.c.uuid.in_(bindparam("uuids", expanding=True)),
     registry_object.c.unique_id.in_(bindparam("unique_ids", expanding=True))))
+
+
+def registration_reads(conn: Connection, cx: str, uuids: Iterable[str],
+                       unique_ids: Iterable[str]
+                       ) -> Callable[[], tuple[PatientRow | None, list[StoredObject]]]:
+    """What a registration reads, sent now and returned by the callable: the patient's row,
+    locked (:func:`patient_row`), then :func:`stored_objects`. In that order: the lookup
+    runs once the lock is held, so it sees what a concurrent submission for the patient
+    committed. On PostgreSQL both statements are sent before either result is read, so
+    inside :func:`opendmp.db.pg_pipeline` they take one round trip with whatever else the
+    pipeline carries; on SQLite they run here."""
+    wanted = sorted(set(uuids)), sorted(set(unique_ids))
+    if conn.dialect.name != "postgresql":
+        row = patient_row(conn, cx, lock=True)
+        found = stored_objects(conn, *wanted)
+        return lambda: (row, found)
+    patient_rows = pg_execute(conn, _PG_PATIENT_FOR_UPDATE, (cx,))
+    object_rows = pg_execute(conn, _PG_STORED_BY_ANY, wanted) if any(wanted) else None
+
+    def result() -> tuple[PatientRow | None, list[StoredObject]]:
+        row = patient_rows.fetchone()
+        found = [] if object_rows is None else [_stored(r) for r in object_rows.fetchall()]
+        return (None if row is None else PatientRow(*row)), found
+    return result
 
 
 def insert_objects(conn: Connection, objects: list[tuple[RegistryObject, int | None]]) -> None:

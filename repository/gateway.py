@@ -14,7 +14,7 @@ from opendmp.db import write_transaction
 from registry import errors as E
 from registry.affinity import AffinityDomain
 from registry.ebrim import submit_objects_request
-from registry.iti42 import register_submission
+from registry.iti42 import Registration, begin_registration
 from registry.model import Submission
 from registry.service import ITI18_ACTION, ITI42_ACTION
 from soapstack.envelope import SoapFault
@@ -49,10 +49,11 @@ class InProcessRegistry:
         self.engine = engine
         self.domain = domain
 
-    def register_on(self, conn: Connection, sub: Submission) -> list[E.XdsError]:
-        """Register ``sub`` in the caller's write transaction; return warnings."""
-        register_submission(conn, sub, self.domain)
-        return []
+    def register_on(self, conn: Connection, sub: Submission) -> Registration:
+        """Begin registering ``sub`` in the caller's write transaction: the registry's reads
+        are sent (in the caller's :func:`~opendmp.db.pg_pipeline`, if any);
+        :meth:`~registry.iti42.Registration.complete` checks and stores it."""
+        return begin_registration(conn, sub, self.domain)
 
     def is_registered(self, unique_id: str) -> bool:
         # Registration and the index row commit in one transaction: a STAGED row was never

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from sqlalchemy import Connection, bindparam, delete, select, update
 from sqlalchemy.dialects.sqlite import insert as _sqlite_insert
@@ -50,16 +50,24 @@ def add_new(conn: Connection, docs: Iterable[IndexedDocument]) -> set[str]:
     one statement (``INSERT .. ON CONFLICT DO NOTHING RETURNING``, PostgreSQL and SQLite);
     returns the uniqueIds inserted. A uniqueId another transaction is inserting waits for
     that transaction: then it is inserted (rolled back) or left out (committed)."""
+    return send_new(conn, docs)()
+
+
+def send_new(conn: Connection, docs: Iterable[IndexedDocument]) -> Callable[[], set[str]]:
+    """:func:`add_new`, its result read when the returned callable is called: on
+    PostgreSQL the statement is sent now and, inside :func:`opendmp.db.pg_pipeline`,
+    its result arrives with those of the statements sent after it."""
     now = int(time.time())
     rows = [(d.unique_id, d.repository_unique_id, d.storage_key, d.size, d.sha1, d.mime_type,
              d.state, now, d.patient_cx) for d in docs]
     if not rows:
-        return set()
+        return set
     if conn.dialect.name == "postgresql":   # one statement, arrays unnested (pg_execute)
-        columns = [list(c) for c in zip(*rows)]
-        return {r[0] for r in pg_execute(conn, _PG_ADD_NEW, columns).fetchall()}
-    return set(conn.execute(_SQLITE_ADD_NEW, [dict(zip(_COLUMNS, r)) for r in rows])
-               .scalars())
+        cursor = pg_execute(conn, _PG_ADD_NEW, [list(c) for c in zip(*rows)])
+        return lambda: {r[0] for r in cursor.fetchall()}
+    inserted = set(conn.execute(_SQLITE_ADD_NEW, [dict(zip(_COLUMNS, r)) for r in rows])
+                   .scalars())
+    return lambda: inserted
 
 
 def mark_committed(conn: Connection, unique_ids: list[str]) -> None:

@@ -21,7 +21,7 @@ from lxml import etree
 
 from cda.crosscheck import Intake as CdaIntake
 from opendmp import failpoints
-from opendmp.db import write_transaction
+from opendmp.db import pg_pipeline, write_transaction
 from registry import errors as E
 from registry import vocabulary as V
 from registry.hl7types import HL7TypeError, parse_cx
@@ -196,12 +196,8 @@ def provide_and_register(repo: Repository, request: etree._Element,
         cda.after_register(repo.engine)
         return E.registry_response(warnings)
     failpoints.hit("iti41.after_commit")
-    for uid in fresh:   # recorded and registered: a failed rename is finished by recovery
-        try:
-            repo.store.commit(staged[uid])
-        except StoreError as exc:
-            log.error("document %s is registered; it stays in staging until the recovery "
-                      "sweep moves it: %s", uid, exc)
+    for uid in fresh:   # recorded and registered: the answer need not wait for the rename
+        repo.store.commit_in_background(staged[uid])
     return E.registry_response(cda.warnings)
 
 
@@ -215,9 +211,13 @@ def _register_in_one_transaction(repo: Repository, register_on, sub,
     files with COMMITTED rows until :meth:`~repository.storage.DocumentStore.commit`
     renames them (ITI-43 reads them from staging; the recovery sweep renames them)."""
     with write_transaction(repo.engine) as conn:
-        fresh = _index_rows(conn, repo, sub, staged, index.COMMITTED, durable)
+        with pg_pipeline(conn):   # BEGIN, index rows and the registry's reads: one round trip
+            inserted = index.send_new(conn, _index_row_values(repo, sub, staged,
+                                                              index.COMMITTED))
+            registration = register_on(conn, sub)
+        fresh = _index_rows(conn, repo, staged, durable, inserted())
         failpoints.hit("iti41.after_index")
-        register_on(conn, sub)
+        registration.complete()
         cda.after_register(repo.engine, conn, set(fresh))
         _await_durable(durable)
         failpoints.hit("iti41.before_commit")
@@ -243,22 +243,28 @@ def _index_documents(repo: Repository, sub, staged: dict[str, StagedDocument],
                      durable: dict[str, Future]) -> list[str]:
     """Remote registry: STAGED index rows, committed before the registry is called."""
     with write_transaction(repo.engine) as conn:
-        return _index_rows(conn, repo, sub, staged, index.STAGED, durable)
+        inserted = index.add_new(conn, _index_row_values(repo, sub, staged, index.STAGED))
+        return _index_rows(conn, repo, staged, durable, inserted)
 
 
-def _index_rows(conn, repo: Repository, sub, staged: dict[str, StagedDocument],
-                state: int, durable: dict[str, Future]) -> list[str]:
-    """Index rows for new documents, in one statement; returns their uniqueIds. A uniqueId
-    the repository already holds with the same bytes is not stored twice; with other bytes
-    it is XDSNonIdenticalHash; one held STAGED (a remote registration in progress) is
-    XDSRepositoryBusy."""
+def _index_row_values(repo: Repository, sub, staged: dict[str, StagedDocument],
+                      state: int) -> list[index.IndexedDocument]:
+    """The index rows of the staged documents, in ``state``, in uniqueId order (one order
+    for every transaction: no lock cycles)."""
     mime = {d.unique_id: d.mime_type for d in sub.documents}
     patient = submitted_patient(sub)
-    rows = [index.IndexedDocument(uid, repo.settings.unique_id, staged[uid].key,
+    return [index.IndexedDocument(uid, repo.settings.unique_id, staged[uid].key,
                                   staged[uid].size, staged[uid].sha1_hex, mime[uid], state, 0,
                                   patient)
-            for uid in sorted(staged)]   # one order for every transaction: no lock cycles
-    inserted = index.add_new(conn, rows)
+            for uid in sorted(staged)]
+
+
+def _index_rows(conn, repo: Repository, staged: dict[str, StagedDocument],
+                durable: dict[str, Future], inserted: set[str]) -> list[str]:
+    """Settle the staged documents whose index row was not ``inserted``; returns the
+    uniqueIds of the new ones. A uniqueId the repository already holds with the same bytes
+    is not stored twice; with other bytes it is XDSNonIdenticalHash; one held STAGED (a
+    remote registration in progress) is XDSRepositoryBusy."""
     held = [uid for uid in staged if uid not in inserted]
     known = index.lookup(conn, held) if held else {}
     errors = []

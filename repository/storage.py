@@ -48,6 +48,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import logging
 import os
 import re
 import threading
@@ -72,6 +73,8 @@ from .crypto import (
     verify_sha1,
 )
 from .keys import Keyring, load_keyring
+
+log = logging.getLogger("opendmp.repository")
 
 __all__ = [
     "DocumentStore", "PendingWrite", "DocumentReader", "StagedDocument", "RewrapResult",
@@ -147,6 +150,7 @@ class DocumentReader(Protocol):
 class DocumentStore(Protocol):
     def begin(self) -> PendingWrite: ...
     def commit(self, staged: StagedDocument | str) -> None: ...
+    def commit_in_background(self, staged: StagedDocument) -> Future: ...
     def discard(self, staged: StagedDocument | str) -> bool: ...
     def open(self, key: str, include_staged: bool = False) -> DocumentReader: ...
     def exists(self, key: str) -> bool: ...
@@ -341,6 +345,19 @@ class FileSystemStore:
             raise DocumentNotFound(f"no staged document {key}") from None
         except OSError as exc:
             raise StoreWriteError(f"could not commit document {key}: {exc.strerror or exc}") from exc
+
+    def commit_in_background(self, staged: StagedDocument) -> Future:
+        """:meth:`commit` on a background thread, for a document whose index row is
+        committed: until the rename is done :meth:`open` reads it from staging, and a
+        crash leaves it to the recovery sweep. A failure is logged, and the document stays
+        in staging until the sweep moves it."""
+        def commit() -> None:
+            try:
+                self.commit(staged)
+            except StoreError as exc:
+                log.error("document %s is registered; it stays in staging until the "
+                          "recovery sweep moves it: %s", staged.key, exc)
+        return _flusher().submit(commit)
 
     def discard(self, staged: StagedDocument | str) -> bool:
         """Remove a staged (uncommitted) document; False if there was none."""
