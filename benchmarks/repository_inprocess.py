@@ -170,13 +170,17 @@ def instrument(app, bd: Breakdown) -> None:
     bd.wrap(crosscheck.Intake, "check", "    cda Intake.check (parse CDA, compare header)")
     bd.wrap(iti41, "_register_in_one_transaction",
             "  one write transaction: index row + registration + CDA summary")
-    bd.wrap(iti41, "_index_rows", "    _index_rows (lookup + insert COMMITTED row)")
-    bd.wrap(gateway, "register_submission", "    register_submission (ITI-42 checks + insert)")
+    bd.wrap(gateway, "begin_registration",
+            "    begin_registration (validate, UUIDs, send the registry's reads)")
     bd.wrap(iti42, "validate_submission", "      validate_submission")
+    bd.wrap(iti41, "_index_rows", "    _index_rows (index rows' result: the round trip)")
+    bd.wrap(iti42.Registration, "complete", "    Registration.complete (checks + insert)")
     bd.wrap(iti42, "_check_unique_ids", "      _check_unique_ids")
     bd.wrap(rstore, "insert_objects", "      store.insert_objects")
+    bd.wrap(rstore, "serialize", "        store.serialize (ebRIM bytes)")
     bd.wrap(crosscheck.Intake, "after_register", "    cda Intake.after_register (summary)")
-    bd.wrap(storage.FileSystemStore, "commit", "  store.commit (rename into objects/, after commit)")
+    bd.wrap(storage.FileSystemStore, "commit_in_background",
+            "  store.commit_in_background (rename into objects/ handed over)")
     bd.wrap(service, "retrieve_document_set", "repository.iti43.retrieve_document_set")
     bd.wrap(iti43, "_read_verified", "  _read_verified (decrypt + SHA-1 before answering)")
     bd.wrap(storage.FileSystemStore, "open", "  store.open (header, key unwrap)")

@@ -287,16 +287,21 @@ class Registration:
     reads: Callable[[], tuple[store.PatientRow | None, list[StoredObject]]] | None = None
 
     def complete(self) -> None:
-        """Check the submission against the registry's content and store it with its side
-        effects; raise XdsErrors (the validation's first) before writing anything when it
-        is refused."""
+        """:meth:`check`, then :meth:`store`."""
+        self.check()
+        self.store()
+
+    def check(self) -> None:
+        """Check the submission against the registry's content (the reads' results) and
+        prepare its rows; raise XdsErrors (the validation's first) when it is refused."""
         if self.errors:
             raise E.XdsErrors(self.errors)
         conn, sub = self.conn, self.sub
         row, found = self.reads()
-        patient = _patient_key(conn, self.patient_cx, row)
-        existing = _check_registry(sub, self.submitted_uuids, self.referenced, found, patient)
-        now = now_dtm()
+        self._patient = _patient_key(conn, self.patient_cx, row)
+        self._existing = _check_registry(sub, self.submitted_uuids, self.referenced, found,
+                                         self._patient)
+        self._now = now_dtm()
         for obj in sub.objects():
             obj.status = V.APPROVED
             obj.home = None
@@ -306,17 +311,41 @@ class Registration:
             obj.lid = obj.lid if _is_uuid(obj.lid) else obj.id
             obj.version = "1"
         for fol in sub.folders:
-            fol.last_update_time = now
-        extra = _replacement_folder_memberships(conn, sub, existing)
+            fol.last_update_time = self._now
+        self._extra = _replacement_folder_memberships(conn, sub, self._existing)
+
+    @property
+    def has_side_effects(self) -> bool:
+        """Whether :meth:`store` changes objects already in the registry (a replaced
+        document, a folder gaining members): those statements go through SQLAlchemy, which
+        reads a result at once, so they cannot be sent in a psycopg pipeline. Known after
+        :meth:`check`."""
+        return bool(self._extra) or any(
+            a.type in V.REPLACING or (a.type == V.HAS_MEMBER and a.source in self._existing)
+            for a in self.sub.associations)
+
+    def store(self) -> None:
+        """Insert the submission's objects and apply its side effects (after :meth:`check`).
+        Without side effects only psycopg statements run: inside
+        :func:`opendmp.db.pg_pipeline` a unique index's refusal of the insert is raised by
+        the pipeline's round trip, where the caller turns it into
+        :func:`concurrent_registration`."""
+        conn, sub, patient = self.conn, self.sub, self._patient
         rows = [(o, None if isinstance(o, Association) else patient) for o in sub.objects()]
-        rows += [(a, None) for a in extra]
+        rows += [(a, None) for a in self._extra]
         try:
             store.insert_objects(conn, rows)
         except (IntegrityError, psycopg.IntegrityError):   # Core, or psycopg (pg_execute)
-            raise E.XdsErrors([E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
-                                          "a uniqueId of this submission was registered "
-                                          "concurrently")]) from None
-        _apply_side_effects(conn, sub, existing, extra, now)
+            raise E.XdsErrors([concurrent_registration()]) from None
+        _apply_side_effects(conn, sub, self._existing, self._extra, self._now)
+
+
+def concurrent_registration() -> E.XdsError:
+    """The error of a submission whose insert violated a unique index: another transaction
+    registered one of its uniqueIds since the checks read the registry. Raised by the
+    insert, or, when it was pipelined (ITI-41), by the COMMIT's round trip."""
+    return E.XdsError(E.DUPLICATE_UNIQUE_ID_IN_REGISTRY,
+                      "a uniqueId of this submission was registered concurrently")
 
 
 def begin_registration(conn: Connection, sub: Submission,

@@ -15,9 +15,12 @@ settled by :mod:`repository.recovery`.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import logging
 from concurrent.futures import Future
+import psycopg
 from lxml import etree
+from sqlalchemy.exc import IntegrityError
 
 from cda.crosscheck import Intake as CdaIntake
 from opendmp import failpoints
@@ -25,7 +28,7 @@ from opendmp.db import pg_pipeline, write_transaction
 from registry import errors as E
 from registry import vocabulary as V
 from registry.hl7types import HL7TypeError, parse_cx
-from registry.iti42 import read_submit_objects_request
+from registry.iti42 import concurrent_registration, read_submit_objects_request
 from registry.model import DocumentEntry
 from soapstack.mtom import Attachment, require_complete
 from soapstack.namespaces import LCM, XDSB
@@ -217,10 +220,18 @@ def _register_in_one_transaction(repo: Repository, register_on, sub,
             registration = register_on(conn, sub)
         fresh = _index_rows(conn, repo, staged, durable, inserted())
         failpoints.hit("iti41.after_index")
-        registration.complete()
-        cda.after_register(repo.engine, conn, set(fresh))
-        _await_durable(durable)
-        failpoints.hit("iti41.before_commit")
+        registration.check()
+        # the inserts and the COMMIT in one round trip, unless SQLAlchemy statements follow
+        pipelined = not registration.has_side_effects
+        try:
+            with pg_pipeline(conn) if pipelined else contextlib.nullcontext():
+                registration.store()
+                cda.after_register(repo.engine, conn, set(fresh))
+                _await_durable(durable)
+                failpoints.hit("iti41.before_commit")
+                conn.get_transaction().commit()
+        except (IntegrityError, psycopg.IntegrityError):  # a pipelined insert's refusal
+            raise E.XdsErrors([concurrent_registration()]) from None
     return fresh
 
 
