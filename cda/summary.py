@@ -220,13 +220,10 @@ def store_summary(engine, header: CdaHeader, document_unique_id: str,
     if ins is None or not ins.extension:
         return 0
     facts = extract(header) if facts is None else facts
-    rows = [{"ins": ins.extension, "ins_root": ins.root,
-             "document_unique_id": document_unique_id, "kind": f.kind,
-             "label": _cut(f.label, 512), "code": _cut(f.code, 128),
-             "code_system": _cut(f.code_system, 128), "value": _cut(f.value, 256),
-             "unit": _cut(f.unit, 64), "reference_range": _cut(f.reference_range, 256),
-             "interpretation": _cut(f.interpretation, 32),
-             "effective_time": _cut(f.effective_time, 32), "detail": _cut(f.detail, 512)}
+    rows = [(ins.extension, ins.root, document_unique_id, f.kind, _cut(f.label, 512),
+             _cut(f.code, 128), _cut(f.code_system, 128), _cut(f.value, 256),
+             _cut(f.unit, 64), _cut(f.reference_range, 256), _cut(f.interpretation, 32),
+             _cut(f.effective_time, 32), _cut(f.detail, 512))
             for f in facts]
     if conn is None:
         with write_transaction(engine) as own:
@@ -236,7 +233,7 @@ def store_summary(engine, header: CdaHeader, document_unique_id: str,
     return len(rows)
 
 
-#: the columns every summary row fills (all text), in one order
+#: the columns every summary row fills (all text), in the order of its tuple
 _ROW_COLUMNS = ("ins", "ins_root", "document_unique_id", "kind", "label", "code", "code_system",
                 "value", "unit", "reference_range", "interpretation", "effective_time",
                 "detail")
@@ -245,14 +242,16 @@ _PG_INSERT_ROWS = (f"INSERT INTO cda_summary_item ({', '.join(_ROW_COLUMNS)}) SE
                    f"unnest({', '.join(['%s::varchar[]'] * len(_ROW_COLUMNS))})")
 
 
-def _replace_rows(conn, document_unique_id: str, rows: list[dict], replace: bool) -> None:
+def _replace_rows(conn, document_unique_id: str, rows: list[tuple], replace: bool) -> None:
+    """Insert ``rows`` (tuples in :data:`_ROW_COLUMNS` order), after deleting the document's
+    rows when ``replace``."""
     if replace:
         conn.execute(delete(cda_summary_item)
                      .where(cda_summary_item.c.document_unique_id == document_unique_id))
     if rows and conn.dialect.name == "postgresql":   # in ITI-41's transaction: hot
-        pg_execute(conn, _PG_INSERT_ROWS, [[r[c] for r in rows] for c in _ROW_COLUMNS])
+        pg_execute(conn, _PG_INSERT_ROWS, [list(column) for column in zip(*rows)])
     elif rows:
-        conn.execute(insert(cda_summary_item), rows)
+        conn.execute(insert(cda_summary_item), [dict(zip(_ROW_COLUMNS, r)) for r in rows])
 
 
 def patient_summary(engine, ins: str) -> dict | None:
