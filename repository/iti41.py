@@ -18,6 +18,7 @@ import binascii
 import contextlib
 import logging
 from concurrent.futures import Future
+from typing import Callable
 import psycopg
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
@@ -71,10 +72,13 @@ def _documents_by_id(request: etree._Element) -> tuple[dict[str, etree._Element]
 def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
                attachments: dict[str, Attachment], cda: CdaIntake | None = None,
                dsg: DsgIntake | None = None, durable: dict[str, Future] | None = None
-               ) -> tuple[StagedDocument | None, list]:
-    """Stream one document into the store and reconcile its metadata with the bytes.
-    With ``durable``, the document is made durable in the background (its future filed
-    under the uniqueId), else before this returns."""
+               ) -> tuple[StagedDocument | None, list, HeaderCheck | None]:
+    """Stream one document into the store and reconcile its metadata with the bytes:
+    (staged document, errors, the CDA header check still to run). The header check
+    (:mod:`cda.crosscheck`, the costliest) is returned, not run, so that ITI-41 runs it
+    while the database works on the transaction's first statements. With ``durable``,
+    the document is made durable in the background (its future filed under the
+    uniqueId), else before this returns."""
     where = f"DocumentEntry {de.id}"
     cda_sniffer = cda.sniffer(de) if cda is not None else None  # None unless XML
     try:
@@ -94,11 +98,13 @@ def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
             else:
                 staged, durable[de.unique_id] = writer.finish_in_background()
     except binascii.Error as exc:
-        return None, [_err(REPOSITORY_METADATA_ERROR, f"{where}: document content: {exc}", de.id)]
+        return None, [_err(REPOSITORY_METADATA_ERROR, f"{where}: document content: {exc}",
+                           de.id)], None
     except StoreError as exc:
         log.error("cannot store document of %s: %s", de.id, exc)
         return None, [_err(REPOSITORY_OUT_OF_RESOURCES,
-                           f"{where}: the repository cannot store the document ({exc})", de.id)]
+                           f"{where}: the repository cannot store the document ({exc})",
+                           de.id)], None
     errors = []
     if de.hash is not None and de.hash.lower() != staged.sha1_hex:
         errors.append(_err(REPOSITORY_METADATA_ERROR,
@@ -115,11 +121,20 @@ def _store_one(repo: Repository, de: DocumentEntry, document: etree._Element,
     if de.mime_type and not content_matches_mime_type(de.mime_type, head):
         errors.append(_err(REPOSITORY_METADATA_ERROR,
                            f"{where}: the document's content is not {de.mime_type}", de.id))
-    if cda_sniffer is not None:  # a CDA's header must agree with its metadata (cda.crosscheck)
-        errors += cda.check(cda_sniffer)
     de.hash, de.size, de.repository_unique_id = staged.sha1_hex, str(staged.size), \
         repo.settings.unique_id
-    return staged, errors
+    if cda_sniffer is None:
+        return staged, errors, None
+    # a CDA's header must agree with its metadata (cda.crosscheck)
+    return staged, errors, lambda: cda.check(cda_sniffer)
+
+
+#: a check that returns errors (the CDA header against the DocumentEntry)
+HeaderCheck = Callable[[], list[E.XdsError]]
+
+
+def _run_checks(checks: list[HeaderCheck]) -> list[E.XdsError]:
+    return [error for check in checks for error in check()]
 
 
 def _check_pairing(sub, documents: dict[str, etree._Element]) -> list[E.XdsError]:
@@ -169,19 +184,26 @@ def provide_and_register(repo: Repository, request: etree._Element,
         errors += _check_pairing(sub, documents)
         if errors:
             raise E.XdsErrors(errors)
+        header_checks: list[HeaderCheck] = []
         for de in sub.documents:
-            one, problems = _store_one(repo, de, documents[de.id], attachments, cda, dsg,
-                                       durable)
+            one, problems, header_check = _store_one(repo, de, documents[de.id], attachments,
+                                                     cda, dsg, durable)
             errors += problems
             if one is not None:
                 staged[de.unique_id] = one
+            if header_check is not None:
+                header_checks.append(header_check)
         errors = errors or dsg.check()
         if errors:
-            raise E.XdsErrors(errors)
+            raise E.XdsErrors(errors + _run_checks(header_checks))
         require_complete(attachments)   # the documents streamed in: is the message whole?
         if register_on is not None:
-            fresh = _register_in_one_transaction(repo, register_on, sub, staged, durable, cda)
+            fresh = _register_in_one_transaction(repo, register_on, sub, staged, durable, cda,
+                                                 header_checks)
         else:
+            errors = _run_checks(header_checks)
+            if errors:
+                raise E.XdsErrors(errors)
             _await_durable(durable)
             indexed = _index_documents(repo, sub, staged, durable)
             failpoints.hit("iti41.after_index")
@@ -206,18 +228,24 @@ def provide_and_register(repo: Repository, request: etree._Element,
 
 def _register_in_one_transaction(repo: Repository, register_on, sub,
                                  staged: dict[str, StagedDocument],
-                                 durable: dict[str, Future], cda: CdaIntake) -> list[str]:
+                                 durable: dict[str, Future], cda: CdaIntake,
+                                 header_checks: list[HeaderCheck]) -> list[str]:
     """In-process registry: the index rows (COMMITTED), the registration and the CDA
     summary of the new documents in one write transaction, committed once the staged
     files are durable (their flushes overlap the statements). A crash before its commit
     leaves staged files without rows (the recovery sweep discards them); after it, staged
     files with COMMITTED rows until :meth:`~repository.storage.DocumentStore.commit`
-    renames them (ITI-43 reads them from staging; the recovery sweep renames them)."""
+    renames them (ITI-43 reads them from staging; the recovery sweep renames them).
+    The CDA header checks run while PostgreSQL works on the first round trip's statements;
+    their errors roll the transaction back."""
     with write_transaction(repo.engine) as conn:
         with pg_pipeline(conn):   # BEGIN, index rows and the registry's reads: one round trip
             inserted = index.send_new(conn, _index_row_values(repo, sub, staged,
                                                               index.COMMITTED))
             registration = register_on(conn, sub)
+            errors = _run_checks(header_checks)   # CPU while the database works
+        if errors:
+            raise E.XdsErrors(errors)
         fresh = _index_rows(conn, repo, staged, durable, inserted())
         failpoints.hit("iti41.after_index")
         registration.check()
