@@ -8,6 +8,7 @@ the real gunicorn server) and the test data builders (``tests/factory.py``), so
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,16 +36,35 @@ def work_dir(prefix: str) -> Path:
     file (allocating an inode) in a directory under ``/tmp`` or ``/work`` cost 0.4–0.9 ms
     of kernel CPU, against 0.015 ms under ``/var/lib`` — the state of the file system's
     block groups, not the product. :func:`file_creation_us` measures it, and the
-    repository benchmark prints it with the machine facts."""
+    repository benchmark prints it with the machine facts. The parent gets the ext4
+    top-directory flag (:func:`mark_top_directory`), so that a run does not pay for the
+    files the previous runs deleted there."""
     env = os.environ.get("OPENDMP_BENCH_DIR")
     for base in ([Path(env)] if env else DEFAULT_BENCH_DIRS):
         try:
             base.mkdir(parents=True, exist_ok=True)
+            mark_top_directory(base)
             return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
         except OSError:
             if env:
                 raise
     raise OSError("no writable benchmark directory")
+
+
+def mark_top_directory(directory: Path) -> bool:
+    """Set ext4's "top of directory hierarchy" flag (``chattr +T``) on ``directory``, so
+    that each home made in it is placed like a top-level directory, in a block group
+    with free inodes (the Orlov allocator) instead of next to its parent, where earlier
+    runs created and deleted their thousands of documents. Measured on this machine's
+    ext4 (no journal), in a parent where runs had just been removed: 1.03 ms of kernel
+    CPU to create a file and 0.44 ms to make a directory, against 0.022 and 0.03 ms with
+    the flag. Best effort: False where the file system or ``chattr`` has no such flag."""
+    try:
+        done = subprocess.run(["chattr", "+T", str(directory)], capture_output=True,
+                              timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
 
 
 def file_creation_us(directory: Path, n: int = 50) -> float:
