@@ -19,6 +19,7 @@ import contextlib
 import logging
 from concurrent.futures import Future
 from typing import Callable
+
 import psycopg
 from lxml import etree
 from sqlalchemy.exc import IntegrityError
@@ -234,8 +235,11 @@ def _register_in_one_transaction(repo: Repository, register_on, sub,
     summary of the new documents in one write transaction, committed once the staged
     files are durable (their flushes overlap the statements). A crash before its commit
     leaves staged files without rows (the recovery sweep discards them); after it, staged
-    files with COMMITTED rows until :meth:`~repository.storage.DocumentStore.commit`
-    renames them (ITI-43 reads them from staging; the recovery sweep renames them).
+    files with COMMITTED rows until
+    :meth:`~repository.storage.DocumentStore.commit_in_background` renames them (ITI-43
+    reads them from staging; the recovery sweep renames them after a crash). On
+    PostgreSQL two round trips (:func:`opendmp.db.pg_pipeline`): ``BEGIN``, the index rows
+    and the registry's reads; then the registry insert, the summary rows and ``COMMIT``.
     The CDA header checks run while PostgreSQL works on the first round trip's statements;
     their errors roll the transaction back."""
     with write_transaction(repo.engine) as conn:
