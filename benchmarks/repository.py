@@ -32,7 +32,10 @@ repository may cross-check them). No hash is sent (the repository computes it).
    (cryptography AESGCM, one call) + write and one fsync of a file of that size in the
    server's home + one ``registry.store.insert_objects`` of the submission's rows (its
    DocumentEntry, SubmissionSet and HasMember) in one transaction on the same database;
-   the table gives the mean ITI-41 latency (1 client) divided by the floor;
+   the table gives the mean ITI-41 latency (1 client) divided by the floor. The floor is
+   measured in two halves, before the size's ITI-41 runs and right after its 1-client
+   run, so that both sides of the ratio see the machine in the same state (this VM's
+   speed drifts from one minute to the next; both halves are logged);
 4. peak RSS of the gunicorn worker for a 50 MB and a 200 MB document in (ITI-41) and
    out (ITI-43), the server restarted with one worker (benchmarks/rss.py: VmHWM reset
    before each request and VmRSS polled every 20 ms).
@@ -122,7 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--large", default="50,200",
                    help="document sizes in MB (MiB) of the worker-RSS runs (default 50,200)")
     p.add_argument("--floor-seconds", type=float, default=3,
-                   help="time spent measuring the floor per size (at least 3 repetitions)")
+                   help="time spent measuring the floor per size, half before the size's "
+                        "ITI-41 runs and half right after its 1-client run (at least 3 "
+                        "repetitions each)")
     p.add_argument("--retries", type=int, default=2,
                    help="re-run a measurement during which other processes used more than "
                         f"{FOREIGN_LIMIT:g}%% of the machine, up to this many times (default 2)")
@@ -535,6 +540,10 @@ class Floor:
     @property
     def repetitions(self) -> int:
         return len(self.parse)
+
+    def extend(self, other: "Floor") -> None:
+        for part in self.PARTS:
+            getattr(self, part).extend(getattr(other, part))
 
 
 _SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
@@ -1116,6 +1125,12 @@ def run(a: argparse.Namespace) -> int:
             for key, clients in (("411", 1), ("41n", a.clients)):
                 res[key] = phase(job, clients, f"ITI-41-{tag}", req)
                 stored += res[key].stored
+                if key == "411":   # the floor's second half, next to the 1-client run
+                    after = measure_floor(engine, endpoint, d, home, *patients[0],
+                                          f"{uid_root}.5.{phase_no}", a.floor_seconds / 2)
+                    log(f"  floor after the 1-client run {after.mean_ms():.2f} ms (before: "
+                        f"{res['floor'].mean_ms():.2f} ms)")
+                    res["floor"].extend(after)
             if wrk:  # wrk does not tell which requests succeeded: the database does
                 stored = stored_unique_ids(engine, doc_root)
                 log(f"  {len(stored)} documents stored (repository_document, COMMITTED)")
@@ -1143,7 +1158,7 @@ def run(a: argparse.Namespace) -> int:
             log(f"{d.label}: {d.size:,} bytes ({d.origin})")
             wait_quiet()
             floor = measure_floor(engine, endpoint, d, home, *patients[0],
-                                  f"{uid_root}.2.{phase_no}", a.floor_seconds)
+                                  f"{uid_root}.2.{phase_no}", a.floor_seconds / 2)
             log(f"  floor {floor.mean_ms():.2f} ms = " + " + ".join(
                 f"{p} {floor.mean_ms(p):.2f}" for p in Floor.PARTS)
                 + f" ({floor.repetitions} reps)")
