@@ -34,8 +34,9 @@ repository may cross-check them). No hash is sent (the repository computes it).
    DocumentEntry, SubmissionSet and HasMember) in one transaction on the same database;
    the table gives the mean ITI-41 latency (1 client) divided by the floor. The floor is
    measured in two halves, before the size's ITI-41 runs and right after its 1-client
-   run, so that both sides of the ratio see the machine in the same state (this VM's
-   speed drifts from one minute to the next; both halves are logged);
+   run (after ``sync``: the run's documents are written back first), so that both
+   sides of the ratio see the machine in the same state (this VM's speed drifts from
+   one minute to the next; both halves are logged);
 4. peak RSS of the gunicorn worker for a 50 MB and a 200 MB document in (ITI-41) and
    out (ITI-43), the server restarted with one worker (benchmarks/rss.py: VmHWM reset
    before each request and VmRSS polled every 20 ms).
@@ -1126,6 +1127,8 @@ def run(a: argparse.Namespace) -> int:
                 res[key] = phase(job, clients, f"ITI-41-{tag}", req)
                 stored += res[key].stored
                 if key == "411":   # the floor's second half, next to the 1-client run
+                    os.sync()      # its fsync, not the write-back of the run's documents
+                    wait_quiet()
                     after = measure_floor(engine, endpoint, d, home, *patients[0],
                                           f"{uid_root}.5.{phase_no}", a.floor_seconds / 2)
                     log(f"  floor after the 1-client run {after.mean_ms():.2f} ms (before: "
