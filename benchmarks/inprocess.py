@@ -73,7 +73,6 @@ def instrument(bd: Breakdown) -> None:
     wrap(iti42, "begin_registration", "  begin_registration (validate, UUIDs, send the reads)")
     wrap(iti42, "validate_submission", "    validate_submission")
     wrap(iti42, "assign_uuids", "    assign_uuids")
-    wrap(iti42, "resolve_patient", "  resolve_patient (patient lock)")
     wrap(iti42.Registration, "complete", "  Registration.complete (reads' results, checks, insert)")
     wrap(iti42, "_check_registry", "  _check_registry (existing objects + uniqueIds)")
     wrap(store, "objects_by_uuid", "  store.objects_by_uuid")

@@ -7,8 +7,9 @@ association targets, uniqueIds), then the inserts and the side effects (deprecat
 replaced documents, folder lastUpdateTime, folder membership of replacements). It raises
 :class:`~registry.errors.XdsErrors` before writing anything when the submission is
 refused; the caller's transaction makes the rest all-or-nothing. The repository's ITI-41
-calls it in two steps, :func:`begin_registration` and :meth:`Registration.complete`, so
-that its own index rows travel with the registry's reads.
+calls it in steps, :func:`begin_registration`, :meth:`Registration.check` and
+:meth:`Registration.store`, so that its own statements travel with the registry's in
+the same round trips.
 """
 from __future__ import annotations
 
@@ -285,6 +286,12 @@ class Registration:
     submitted_uuids: set[str] = field(default_factory=set)
     referenced: set[str] = field(default_factory=set)
     reads: Callable[[], tuple[store.PatientRow | None, list[StoredObject]]] | None = None
+    # set by check(): the patient's key, the referenced objects, the time, the memberships
+    # a replacement adds
+    _patient: int = field(init=False, default=0)
+    _existing: dict[str, StoredObject] = field(init=False, default_factory=dict)
+    _now: str = field(init=False, default="")
+    _extra: list[Association] = field(init=False, default_factory=list)
 
     def complete(self) -> None:
         """:meth:`check`, then :meth:`store`."""
