@@ -145,10 +145,12 @@ def pg_pipeline(conn: Connection) -> Iterator[None]:
     without waiting for each other's results (psycopg pipeline mode, libpq pipelining);
     every result has arrived when the block ends, in one round trip for all of them (the
     ``BEGIN`` of a transaction they start included). The server still runs them one after
-    the other, in order, each seeing what the ones before it did; an error aborts the
-    transaction and is raised at the block's end at the latest. Reads only: a statement
-    whose errors the caller handles where it runs (an insert) belongs outside. Elsewhere
-    (SQLite) a no-op: the statements ran when issued."""
+    the other, in order, each seeing what the ones before it did. An error aborts the
+    transaction and is raised by the round trip that brings it back (a fetch, the block's
+    end, or a ``COMMIT`` sent inside the block), not where the statement was issued: a
+    caller that handles a statement's errors handles them there, or keeps the statement
+    outside. SQLAlchemy statements cannot run inside (SQLAlchemy reads a result as soon as
+    it executes). Elsewhere (SQLite) a no-op: the statements ran when issued."""
     if conn.dialect.name != "postgresql":
         yield
         return
