@@ -149,7 +149,6 @@ class DestinationSender(threading.Thread):
             if conn is None:
                 try:
                     conn = self._connect()
-                    backoff = 0.2
                     if down_since is not None:
                         log.info("ATNA: %s reachable again after %.0f s; re-sending from the spool",
                                  self.dest, time.monotonic() - down_since)
@@ -180,6 +179,7 @@ class DestinationSender(threading.Thread):
                         conn.sendall(b"".join(octet_frame(syslog_message(r.payload, self.origin, r.seq))
                                               for r in records))
                     self.sent += len(records)
+                    backoff = 0.2   # delivered: the next failure waits briefly again
                     last = records[-1]
                     pos = (last.next_segment, last.next_offset)
                     if udp:
@@ -209,6 +209,10 @@ class DestinationSender(threading.Thread):
                 pos = acked
                 inflight.clear()
                 down_since = time.monotonic()
+                # a UDP "connection" always succeeds, and a TLS peer may accept then drop
+                # us: without this wait a refused destination is retried in a tight loop
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
                 continue
             if not records:
                 self.stop.wait(IDLE_POLL)
