@@ -4,8 +4,9 @@ Each destination has its own acknowledged position in the spool. Over TLS (RFC 5
 batch of records is written as octet-counted frames; syslog has no application-level
 acknowledgement, so a record is acknowledged only once it was sent at least
 ``CONFIRM_SECONDS`` ago on a connection that is still open (the peer has not closed or
-reset it). When the connection fails, the sender reconnects (with backoff) and re-sends
-everything after the acknowledged position, in order: nothing is lost, and the few
+reset it). When the connection or a send fails, the sender waits (0.2 s, doubling up to
+5 s, reset by a delivery), reconnects and re-sends everything after the acknowledged
+position, in order: nothing is lost, and the few
 records re-sent carry their spool sequence number (structured data
 ``[opendmp@32473 origin=... seq=...]``), so an OpenDMP ARR stores them once. Over UDP
 (RFC 5426) a record is acknowledged when sent: UDP cannot do better.
