@@ -221,10 +221,11 @@ def store_summary(engine, header: CdaHeader, document_unique_id: str,
     if ins is None or not ins.extension:
         return 0
     facts = extract(header) if facts is None else facts
-    rows = [(ins.extension, ins.root, document_unique_id, f.kind, _cut(f.label, 512),
-             _cut(f.code, 128), _cut(f.code_system, 128), _cut(f.value, 256),
-             _cut(f.unit, 64), _cut(f.reference_range, 256), _cut(f.interpretation, 32),
-             _cut(f.effective_time, 32), _cut(f.detail, 512))
+    rows = [dict(zip(_ROW_COLUMNS, (
+                ins.extension, ins.root, document_unique_id, f.kind, _cut(f.label, 512),
+                _cut(f.code, 128), _cut(f.code_system, 128), _cut(f.value, 256),
+                _cut(f.unit, 64), _cut(f.reference_range, 256), _cut(f.interpretation, 32),
+                _cut(f.effective_time, 32), _cut(f.detail, 512))))
             for f in facts]
     if conn is None:
         with write_transaction(engine) as own:
@@ -234,7 +235,7 @@ def store_summary(engine, header: CdaHeader, document_unique_id: str,
     return len(rows)
 
 
-#: the columns every summary row fills (all text), in the order of its tuple
+#: the columns every summary row fills (all text), in the order its values are listed
 _ROW_COLUMNS = ("ins", "ins_root", "document_unique_id", "kind", "label", "code", "code_system",
                 "value", "unit", "reference_range", "interpretation", "effective_time",
                 "detail")
@@ -246,19 +247,18 @@ _PG_INSERT_ROWS = (f"INSERT INTO cda_summary_item ({', '.join(_ROW_COLUMNS)}) SE
                    "json_populate_recordset(NULL::cda_summary_item, %s::json)")
 
 
-def _replace_rows(conn, document_unique_id: str, rows: list[tuple], replace: bool) -> None:
-    """Insert ``rows`` (tuples in :data:`_ROW_COLUMNS` order), after deleting the document's
-    rows when ``replace``."""
+def _replace_rows(conn, document_unique_id: str, rows: list[dict], replace: bool) -> None:
+    """Insert ``rows`` (:data:`_ROW_COLUMNS` -> value), after deleting the document's rows
+    when ``replace``."""
     if replace:
         conn.execute(delete(cda_summary_item)
                      .where(cda_summary_item.c.document_unique_id == document_unique_id))
     if not rows:
         return
-    values = [dict(zip(_ROW_COLUMNS, r)) for r in rows]
     if conn.dialect.name == "postgresql":   # in ITI-41's transaction: hot
-        pg_execute(conn, _PG_INSERT_ROWS, (json.dumps(values),))
+        pg_execute(conn, _PG_INSERT_ROWS, (json.dumps(rows),))
     else:
-        conn.execute(insert(cda_summary_item), values)
+        conn.execute(insert(cda_summary_item), rows)
 
 
 def patient_summary(engine, ins: str) -> dict | None:

@@ -59,16 +59,15 @@ def send_new(conn: Connection, docs: Iterable[IndexedDocument]) -> Callable[[], 
     PostgreSQL the statement is sent now and, inside :func:`opendmp.db.pg_pipeline`,
     its result arrives with those of the statements sent after it."""
     now = int(time.time())
-    rows = [(d.unique_id, d.repository_unique_id, d.storage_key, d.size, d.sha1, d.mime_type,
-             d.state, now, d.patient_cx) for d in docs]
+    rows = [dict(zip(_COLUMNS, (d.unique_id, d.repository_unique_id, d.storage_key, d.size,
+                                d.sha1, d.mime_type, d.state, now, d.patient_cx)))
+            for d in docs]
     if not rows:
         return set
     if conn.dialect.name == "postgresql":   # one statement, the rows as JSON (pg_execute)
-        cursor = pg_execute(conn, _PG_ADD_NEW, (json.dumps([dict(zip(_COLUMNS, r))
-                                                           for r in rows]),))
+        cursor = pg_execute(conn, _PG_ADD_NEW, (json.dumps(rows),))
         return lambda: {r[0] for r in cursor.fetchall()}
-    inserted = set(conn.execute(_SQLITE_ADD_NEW, [dict(zip(_COLUMNS, r)) for r in rows])
-                   .scalars())
+    inserted = set(conn.execute(_SQLITE_ADD_NEW, rows).scalars())
     return lambda: inserted
 
 
