@@ -128,15 +128,22 @@ def read_connection(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def pg_execute(conn: Connection, sql: str, params=None):
+def pg_execute(conn: Connection, sql: str, params=None, *, prepare: bool | None = None):
     """Run ``sql`` (psycopg placeholders) on ``conn``'s own DBAPI connection, in its
     transaction, and return psycopg's cursor (rows are tuples). For the few hot
     statements of ITI-41/ITI-43 on PostgreSQL: SQLAlchemy Core's execution (statement
     cache key, compilation cache, result processing) costs about three times the CPU of
     the statement itself (benchmarks/README.md, "ITI-43 CPU per request"). psycopg
     prepares a statement server-side after a few executions. Inside :func:`pg_pipeline`
-    the statement is sent and the cursor's rows are read after the block."""
-    return conn.connection.driver_connection.execute(sql, params)
+    the statement is sent and the cursor's rows are read after the block.
+
+    ``prepare=False`` for a lookup whose best plan depends on the table's size (``col =
+    ANY(%s)``): PostgreSQL may keep a prepared statement's generic plan, made on the
+    connection's first executions; on a new database that plan is a sequential scan of
+    a then tiny table, kept while the table grows until an ANALYZE invalidates it (seen
+    in the repository benchmark: 0.6-1 ms per ITI-41 registry lookup after a few thousand
+    documents, against 10-25 µs of planning per call)."""
+    return conn.connection.driver_connection.execute(sql, params, prepare=prepare)
 
 
 @contextmanager

@@ -236,7 +236,8 @@ def stored_objects(conn: Connection, uuids: Iterable[str],
     if not params["uuids"] and not params["unique_ids"]:
         return []
     if conn.dialect.name == "postgresql":     # hot: every ITI-41/42 (pg_execute)
-        rows = pg_execute(conn, _PG_STORED_BY_ANY, (params["uuids"], params["unique_ids"]))
+        rows = pg_execute(conn, _PG_STORED_BY_ANY, (params["uuids"], params["unique_ids"]),
+                          prepare=False)
         return [_stored(r) for r in rows.fetchall()]
     return [_stored(r) for r in conn.execute(_STORED_BY_IN, params)]
 
@@ -266,7 +267,8 @@ def registration_reads(conn: Connection, cx: str, uuids: Iterable[str],
         found = stored_objects(conn, *wanted)
         return lambda: (row, found)
     patient_rows = pg_execute(conn, _PG_PATIENT_FOR_UPDATE, (cx,))
-    object_rows = pg_execute(conn, _PG_STORED_BY_ANY, wanted) if any(wanted) else None
+    object_rows = (pg_execute(conn, _PG_STORED_BY_ANY, wanted, prepare=False)
+                   if any(wanted) else None)
 
     def result() -> tuple[PatientRow | None, list[StoredObject]]:
         row = patient_rows.fetchone()

@@ -111,7 +111,7 @@ def lookup(conn: Connection, unique_ids: list[str]) -> dict[str, IndexedDocument
         return {}
     wanted = sorted(set(unique_ids))
     if conn.dialect.name == "postgresql":
-        rows = pg_execute(conn, _PG_LOOKUP, (wanted,)).fetchall()
+        rows = pg_execute(conn, _PG_LOOKUP, (wanted,), prepare=False).fetchall()
     else:
         rows = conn.execute(_LOOKUP, {"unique_ids": wanted}).all()
     return {r[0]: IndexedDocument(*r) for r in rows}
