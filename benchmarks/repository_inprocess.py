@@ -179,8 +179,7 @@ def instrument(app, bd: Breakdown) -> None:
     bd.wrap(rstore, "insert_objects", "      store.insert_objects")
     bd.wrap(rstore, "serialize", "        store.serialize (ebRIM bytes)")
     bd.wrap(crosscheck.Intake, "after_register", "    cda Intake.after_register (summary)")
-    bd.wrap(storage.FileSystemStore, "commit_in_background",
-            "  store.commit_in_background (rename into objects/ handed over)")
+    bd.wrap(storage.FileSystemStore, "commit", "  store.commit (rename into objects/)")
     bd.wrap(service, "retrieve_document_set", "repository.iti43.retrieve_document_set")
     bd.wrap(iti43, "_read_verified", "  _read_verified (decrypt + SHA-1 before answering)")
     bd.wrap(storage.FileSystemStore, "open", "  store.open (header, key unwrap)")

@@ -222,8 +222,12 @@ def provide_and_register(repo: Repository, request: etree._Element,
         cda.after_register(repo.engine)
         return E.registry_response(warnings)
     failpoints.hit("iti41.after_commit")
-    for uid in fresh:   # recorded and registered: the answer need not wait for the rename
-        repo.store.commit_in_background(staged[uid])
+    for uid in fresh:   # recorded and registered: the rename is not fsync'd (store.commit)
+        try:
+            repo.store.commit(staged[uid])
+        except StoreError as exc:   # the answer stands: the recovery sweep moves it later
+            log.error("document %s is registered; it stays in staging until the recovery "
+                      "sweep moves it: %s", uid, exc)
     return E.registry_response(cda.warnings)
 
 
@@ -235,9 +239,8 @@ def _register_in_one_transaction(repo: Repository, register_on, sub,
     summary of the new documents in one write transaction, committed once the staged
     files are durable (their flushes overlap the statements). A crash before its commit
     leaves staged files without rows (the recovery sweep discards them); after it, staged
-    files with COMMITTED rows until
-    :meth:`~repository.storage.DocumentStore.commit_in_background` renames them (ITI-43
-    reads them from staging; the recovery sweep renames them after a crash). On
+    files with COMMITTED rows until the caller renames them into place (ITI-43 reads them
+    from staging meanwhile; the recovery sweep renames them after a crash). On
     PostgreSQL two round trips (:func:`opendmp.db.pg_pipeline`): ``BEGIN``, the index rows
     and the registry's reads; then the registry insert, the summary rows and ``COMMIT``.
     The CDA header checks run while PostgreSQL works on the first round trip's statements;

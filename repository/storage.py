@@ -150,7 +150,6 @@ class DocumentReader(Protocol):
 class DocumentStore(Protocol):
     def begin(self) -> PendingWrite: ...
     def commit(self, staged: StagedDocument | str) -> None: ...
-    def commit_in_background(self, staged: StagedDocument) -> Future: ...
     def discard(self, staged: StagedDocument | str) -> bool: ...
     def open(self, key: str, include_staged: bool = False) -> DocumentReader: ...
     def exists(self, key: str) -> bool: ...
@@ -299,6 +298,14 @@ class FileSystemStore:
         _mkdirs(self._staging)
         _mkdirs(self._objects)
         _precreate_fanout(self._objects)
+        #: kept open for the fsync that makes each new staged name durable
+        self._staging_fd = os.open(self._staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def __del__(self) -> None:
+        fd, self._staging_fd = getattr(self, "_staging_fd", None), None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def __repr__(self) -> str:
         return f"FileSystemStore({str(self.root)!r})"
@@ -345,19 +352,6 @@ class FileSystemStore:
             raise DocumentNotFound(f"no staged document {key}") from None
         except OSError as exc:
             raise StoreWriteError(f"could not commit document {key}: {exc.strerror or exc}") from exc
-
-    def commit_in_background(self, staged: StagedDocument) -> Future:
-        """:meth:`commit` on a background thread, for a document whose index row is
-        committed: until the rename is done :meth:`open` reads it from staging, and a
-        crash leaves it to the recovery sweep. A failure is logged, and the document stays
-        in staging until the sweep moves it."""
-        def commit() -> None:
-            try:
-                self.commit(staged)
-            except StoreError as exc:
-                log.error("document %s is registered; it stays in staging until the "
-                          "recovery sweep moves it: %s", staged.key, exc)
-        return _flusher().submit(commit)
 
     def discard(self, staged: StagedDocument | str) -> bool:
         """Remove a staged (uncommitted) document; False if there was none."""
@@ -591,7 +585,7 @@ class _FilePendingWrite:
         return staged
 
     def finish_in_background(self) -> tuple[StagedDocument, Future]:
-        """Seal now; make the file durable as a staged document (fsync, rename, fsync of
+        """Seal now; make the file durable as a staged document (fsync of the file and of
         the staging directory) on a background thread, so that the caller's database
         work overlaps the disk flushes. The caller must wait for the future (its
         ``result()`` raises :class:`StoreWriteError`; on failure nothing is left) before
@@ -600,26 +594,35 @@ class _FilePendingWrite:
         return staged, _flusher().submit(self._persist)
 
     def _seal(self) -> StagedDocument:
+        """Write the last chunk and the final header, and give the file its staged name
+        (``.partial`` -> ``.staged``: sealed, not yet durable). The rename happens here, in
+        the caller's thread, so that the background thread only waits on the disk: each
+        system call of a Python thread hands the GIL over and back, which costs more than
+        the call when the caller's thread is busy (benchmarks/README.md)."""
         fd = self._check_open()
+        staged_path = self._store._staged_path(self.key)
         try:
             _write_all(fd, self._enc.finalize())
             _pwrite_all(fd, self._enc.header(), 0)
+            os.rename(self._partial, staged_path)
         except (OSError, StoreWriteError) as exc:
-            self._fail(exc)
+            self._fail(exc, staged_path)
         self._sealed = True      # from here on, _persist finishes or cleans up
         return StagedDocument(self.key, self._enc.size, self._enc.sha1.hex(), self._enc.key_id)
 
     def _persist(self) -> None:
+        """fsync the file, then the staging directory (its new name)."""
         fd = self._check_open()
-        staged_path = self._store._staged_path(self.key)
         try:
             _fsync(fd)
-            self._fd = None
-            os.close(fd)
-            os.rename(self._partial, staged_path)
-            _fsync_dir(self._store._staging)
+            _fsync(self._store._staging_fd)
         except (OSError, StoreWriteError) as exc:
-            self._fail(exc, staged_path)
+            self._fail(exc, self._store._staged_path(self.key))
+        finally:
+            if self._fd is not None:
+                self._fd = None
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         self._done = True
 
     def abort(self) -> None:
