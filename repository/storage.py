@@ -36,7 +36,8 @@ the others) and :meth:`~DocumentStore.sweep_partial` removes half-written ones.
 Layout of a :class:`FileSystemStore` (files 0600, directories 0700)::
 
     staging/<key>.partial    being written; removed on any write error
-    staging/<key>.staged     finished and durable, waiting for commit or discard
+    staging/<key>.staged     sealed, waiting for commit or discard (durable before any
+                             row names it: the writer's fsync comes first)
     objects/ab/cd/<key>      committed documents; key = 32 random hex digits "abcd..."
 
 Errors are :class:`StoreError` subclasses: :class:`StoreCorruption` (and its
