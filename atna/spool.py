@@ -59,6 +59,11 @@ def after_fork_in_child(obj, method) -> None:
     os.register_at_fork(after_in_child=reinit)
 
 
+def _newest(directory: Path) -> int:
+    existing = _segments(directory)
+    return existing[-1] if existing else 0
+
+
 def spool_dir(home: Path) -> Path:
     return home / "atna" / "spool"
 
@@ -134,18 +139,22 @@ class Spool:
             lock_fd = self._open_lock()
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
             try:
-                existing = _segments(self.directory)
-                newest = existing[-1] if existing else 0
                 if self._fd is None:  # a process's first append starts a new segment
-                    self._switch(newest + 1)
-                elif newest > self._segment:
-                    # another process started a later segment: append there (the reader
-                    # leaves a segment for good once a later one exists)
-                    self._switch(newest)
-                elif newest != self._segment:
-                    # ours was collected (every destination acknowledged past it) and no
-                    # later one exists: appending to the unlinked file would lose records
-                    self._switch(max(newest, self._segment) + 1)
+                    self._switch(_newest(self.directory) + 1)
+                else:
+                    st = os.fstat(self._fd)
+                    # segments are numbered in order of creation and collected oldest
+                    # first: a later one exists iff the next one does, unless ours was
+                    # collected too (no link left). Only then is the directory listed.
+                    if st.st_nlink == 0 or os.path.exists(
+                            os.path.join(self.directory, _seg_name(self._segment + 1))):
+                        newest = _newest(self.directory)
+                        # another process started a later segment: append there (the
+                        # reader leaves a segment for good once a later one exists); or
+                        # ours was collected (every destination acknowledged past it) and
+                        # no later one exists: appending to the unlinked file would lose
+                        # records
+                        self._switch(newest if newest > self._segment else self._segment + 1)
                 offset = os.fstat(self._fd).st_size
                 total = sum(len(r) for r in records)
                 if offset + total > SEGMENT_MAX and offset > 0:
