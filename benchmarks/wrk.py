@@ -202,8 +202,10 @@ def _lua(data: bytes) -> str:
 
 @dataclass
 class WrkPhaseResult(C.PhaseResult):
-    """A :class:`~benchmarks.client.PhaseResult` whose latencies are wrk's histogram
-    (count, mean and percentiles) instead of a list of samples."""
+    """A :class:`~benchmarks.client.PhaseResult` whose latencies are summarized (count,
+    mean and percentiles) instead of a list of samples: those wrk_xds.lua measured for
+    each request, not wrk's histogram, which wrk corrects for coordinated omission (in a
+    closed loop, one stall of a connection would count as many requests)."""
 
     n: int = 0
     mean: float = float("nan")
