@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-
 from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.exc import IntegrityError
 
