@@ -169,19 +169,29 @@ class CapturingServer:
         self.sock.close()
 
 
+def _wrk_against(answer, doc, patients, tmp_path, uid_root: str, *, clients: int,
+                 seconds: float, nonce: int, seed: int):
+    """(server, request, what ``W._run`` returns) of a wrk run of ITI-41 requests against a
+    :class:`CapturingServer` answering ``answer``."""
+    server = CapturingServer(answer)
+    try:
+        req = R.wrk_iti41(server.url, patients, doc, uid_root)
+        spec = req.write(tmp_path)
+        return server, req, W._run(WRK, spec, server.url, clients, seconds, nonce=nonce,
+                                   seed=seed)
+    finally:
+        server.close()
+
+
 @needs_wrk
 def test_wrk_sends_the_python_generators_requests_and_counts_bad_answers(
         doc, patients, tmp_path):
     def answer(n, raw):
         return (500, b"oops") if n == 5 else (200, FAIL41) if n == 3 else (200, OK41)
 
-    server = CapturingServer(answer)
-    try:
-        req = R.wrk_iti41(server.url, patients, doc, "1.2.250.1.999.32")
-        spec = req.write(tmp_path)
-        data, cpu, _ = W._run(WRK, spec, server.url, 2, 1.0, nonce=900, seed=3)
-    finally:
-        server.close()
+    server, req, (data, cpu, _) = _wrk_against(answer, doc, patients, tmp_path,
+                                               "1.2.250.1.999.32", clients=2, seconds=1.0,
+                                               nonce=900, seed=3)
     sent = list(server.requests)
     assert data["requests"] >= 10 and data["ok"] + data["bad"] == data["requests"]
     assert data["bad"] == 2  # the Failure and the HTTP 500, nothing else
@@ -236,13 +246,9 @@ def test_a_stalled_request_counts_once_in_the_latencies(doc, patients, tmp_path)
             _time.sleep(0.6)
         return 200, OK41
 
-    server = CapturingServer(answer)
-    try:
-        req = R.wrk_iti41(server.url, patients, doc, "1.2.250.1.999.33")
-        spec = req.write(tmp_path)
-        data, _cpu, _ = W._run(WRK, spec, server.url, 1, 1.5, nonce=910, seed=4)
-    finally:
-        server.close()
+    _server, _req, (data, _cpu, _) = _wrk_against(answer, doc, patients, tmp_path,
+                                                  "1.2.250.1.999.33", clients=1, seconds=1.5,
+                                                  nonce=910, seed=4)
     lat = data["latency_us"]
     assert lat["count"] == data["ok"] >= 30
     assert lat["max"] >= 600_000                       # the stall, measured once
