@@ -164,8 +164,8 @@ def instrument(app, bd: Breakdown) -> None:
     bd.wrap(iti41, "_store_one", "  _store_one (stream, encrypt, stage, checks)")
     bd.wrap(storage.FileSystemStore, "begin", "    store.begin (data key, key wrap, open)")
     bd.wrap(storage._FilePendingWrite, "write", "    writer.write (AES-GCM, write)")
-    bd.wrap(storage._FilePendingWrite, "finish",
-            "    writer.finish (fsync file, rename, fsync dir)")
+    bd.wrap(storage._FilePendingWrite, "finish_in_background",
+            "    writer.finish_in_background (seal, rename to .staged; fsyncs handed over)")
     from cda import crosscheck
     bd.wrap(crosscheck.Intake, "check", "    cda Intake.check (parse CDA, compare header)")
     bd.wrap(iti41, "_register_in_one_transaction",
@@ -174,8 +174,9 @@ def instrument(app, bd: Breakdown) -> None:
             "    begin_registration (validate, UUIDs, send the registry's reads)")
     bd.wrap(iti42, "validate_submission", "      validate_submission")
     bd.wrap(iti41, "_index_rows", "    _index_rows (index rows' result: the round trip)")
-    bd.wrap(iti42.Registration, "complete", "    Registration.complete (checks + insert)")
+    bd.wrap(iti42.Registration, "check", "    Registration.check (reads' results, checks)")
     bd.wrap(iti42, "_check_unique_ids", "      _check_unique_ids")
+    bd.wrap(iti42.Registration, "store", "    Registration.store (registry insert sent)")
     bd.wrap(rstore, "insert_objects", "      store.insert_objects")
     bd.wrap(rstore, "serialize", "        store.serialize (ebRIM bytes)")
     bd.wrap(crosscheck.Intake, "after_register", "    cda Intake.after_register (summary)")
